@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # recorded in config.json as the command that made a run
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

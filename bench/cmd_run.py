@@ -1,0 +1,127 @@
+"""``bench run`` (train and measure a suite) and ``bench report`` (re-render from data)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.config import DEVICES, LOSSES, build_config
+from bench.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="train and measure architectures, write a run directory and its report",
+        description=(
+            "Train every (architecture, seed, fold) cell with one common loop and write "
+            "config.json, history.csv, per_image.csv, summary.csv, report.md and figures. "
+            "Exit status: 0 all cells ok, 1 some cell failed (recorded in the results), "
+            "2 bad input."
+        ),
+    )
+    # Every flag defaults to None so that a --config file fills what was not given.
+    run.add_argument(
+        "architectures",
+        nargs="*",
+        metavar="ARCH",
+        help="architecture names or fnmatch patterns, e.g. 'smp_*'",
+    )
+    run.add_argument(
+        "--all", action="store_true", default=None, help="every registered architecture"
+    )
+    run.add_argument("--dataset", help="wbc1 | synthetic | folder:PATH (default synthetic)")
+    run.add_argument("--data-dir", help="where datasets live (default $BENCH_DATA_DIR or cache)")
+    run.add_argument("--protocol", choices=("clean", "thesis"), help="default clean")
+    run.add_argument("--fold", type=int, help="test fold of the clean protocol (default 0)")
+    run.add_argument("--folds", choices=("all",), help="'all': run every fold")
+    run.add_argument("--num-folds", type=int, help="k of the k-fold split (default 5)")
+    run.add_argument("--split-seed", type=int, help="seed of the fold partition (default 0)")
+    run.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0)")
+    run.add_argument("--epochs", type=int, help="default: the protocol's (30)")
+    run.add_argument("--batch-size", type=int, help="default: the protocol's (20)")
+    run.add_argument("--lr", type=float, help="Adam learning rate (default: the protocol's)")
+    run.add_argument("--loss", choices=LOSSES, help="default: the protocol's")
+    run.add_argument("--width", type=float, help="channel width multiplier (1.0 = thesis)")
+    run.add_argument("--encoder", help="encoder of the smp_* baselines (default resnet34)")
+    run.add_argument("--device", choices=DEVICES, help="default auto: cuda, then mps, then cpu")
+    run.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="deterministic algorithms (slower; exact reruns on CPU)",
+    )
+    run.add_argument("--max-images", type=int, help="use only the first N images")
+    run.add_argument("--synthetic-count", type=int, help="images of the synthetic dataset")
+    run.add_argument("--synthetic-size", type=int, help="side of the synthetic images")
+    run.add_argument("--out", help="run directory (default runs/<UTC time>_<protocol>)")
+    run.add_argument(
+        "--plugin",
+        action="append",
+        dest="plugins",
+        metavar="FILE",
+        help="a Python file registering architectures (repeatable)",
+    )
+    run.add_argument(
+        "--progress", choices=("auto", "on", "off"), help="progress bars (auto: only on a terminal)"
+    )
+    run.add_argument("--config", metavar="FILE.toml", help="TOML file with the same keys")
+    run.set_defaults(func=run_command)
+
+    report = subparsers.add_parser(
+        "report", help="re-render report.md and the figures of a run directory from its data"
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.set_defaults(func=report_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from bench.suite import run_suite
+
+    values = {
+        key: getattr(args, key)
+        for key in (
+            "all",
+            "dataset",
+            "data_dir",
+            "protocol",
+            "fold",
+            "folds",
+            "num_folds",
+            "split_seed",
+            "epochs",
+            "batch_size",
+            "lr",
+            "loss",
+            "width",
+            "encoder",
+            "device",
+            "deterministic",
+            "max_images",
+            "synthetic_count",
+            "synthetic_size",
+            "out",
+            "progress",
+        )
+    }
+    values["architectures"] = tuple(args.architectures) or None
+    values["seeds"] = tuple(args.seeds) if args.seeds else None
+    values["plugins"] = tuple(args.plugins) if args.plugins else None
+    config = build_config(values, args.config)
+    outcome = run_suite(config, argv=sys.argv[1:] if args.argv is None else args.argv)
+    print(f"results: {outcome.out_dir}/report.md")
+    if outcome.failed:
+        names = ", ".join(sorted({c.architecture for c in outcome.failed}))
+        print(f"{len(outcome.failed)} run(s) failed: {names} (see summary.csv)", file=sys.stderr)
+    return outcome.exit_code
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from bench.report import render_run
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no config.json)")
+    print(render_run(run_dir))
+    return 0

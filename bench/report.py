@@ -1,0 +1,448 @@
+"""Render a run directory's report from its data files. Never trains, never re-measures.
+
+``render_run(RUN_DIR)`` reads ``config.json``, ``summary.csv``, ``history.csv`` and the
+saved label maps, and writes ``report.md``, ``curves_accuracy.png``, ``curves_loss.png``
+and ``predictions.png``. Rendering is deterministic: the same data files give the same
+``report.md``, byte for byte.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.resources
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.results import atomic_write_text, read_csv, read_json
+
+#: Thesis model names (thesis_reference.csv) for our faithful rebuilds.
+THESIS_MODELS = {"unet_thesis": "U-Net", "segnet_basic": "SegNet", "deconvnet": "DeconvNet"}
+THESIS_SOURCE = (
+    "P. Baykalov, *Semantic segmentation of peripheral white blood cells using neural "
+    "networks*, master's thesis, 2019 (Keras, free Colab GPU)"
+)
+# Colours of the thesis's Figure 7: background red, cytoplasm green, nucleus blue.
+CLASS_COLOURS = np.array([[220, 40, 40], [40, 170, 60], [40, 70, 220]], dtype=np.uint8)
+
+
+def load_thesis_reference() -> list[dict[str, str]]:
+    """The thesis's published numbers, carried as package data (see resources/README.md)."""
+    text = (
+        importlib.resources.files("bench.resources")
+        .joinpath("thesis_reference.csv")
+        .read_text(encoding="utf-8")
+    )
+    return list(csv.DictReader(text.splitlines()))
+
+
+def _num(value: Any) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _pm(mean: float | None, sem: float | None) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.4f} ± {sem:.4f}" if sem is not None else f"{mean:.4f}"
+
+
+class Table:
+    """A Markdown table whose numeric columns get their best value in bold."""
+
+    def __init__(self, headers: Sequence[str], better: Sequence[str | None]):
+        self.headers = list(headers)
+        self.better = list(better)  # per column: "max", "min" or None (not ranked)
+        self.rows: list[list[tuple[str, float | None]]] = []
+
+    def add(self, cells: Sequence[tuple[str, float | None]]) -> None:
+        self.rows.append(list(cells))
+
+    def render(self) -> str:
+        best: dict[int, float] = {}
+        for column, direction in enumerate(self.better):
+            values = [row[column][1] for row in self.rows if row[column][1] is not None]
+            if direction and values:
+                best[column] = max(values) if direction == "max" else min(values)
+        lines = [
+            "| " + " | ".join(self.headers) + " |",
+            "|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.headers))) + "|",
+        ]
+        for row in self.rows:
+            texts = []
+            for column, (text, value) in enumerate(row):
+                if column in best and value is not None and value == best[column]:
+                    text = f"**{text}**"
+                texts.append(text)
+            lines.append("| " + " | ".join(texts) + " |")
+        return "\n".join(lines)
+
+
+def _reference(
+    rows: list[dict[str, str]], model: str, metric: str, split: str = "", cls: str = ""
+) -> tuple[float | None, float | None]:
+    for row in rows:
+        if (
+            row["protocol"] == "thesis"
+            and row["model"] == model
+            and row["metric"] == metric
+            and (not split or row["split"] == split)
+            and row["class"] == cls
+        ):
+            return _num(row["value"]), _num(row["sem"])
+    return None, None
+
+
+def methods_paragraph(meta: dict[str, Any]) -> str:
+    config, env, protocol = meta["config"], meta["environment"], meta["protocol"]
+    dataset = meta["dataset"]
+    folds = config.get("folds_run") or [None]
+    split = (
+        f"the thesis's single split ({protocol['train_images']} train / "
+        f"{protocol['test_images']} test images, seed 2)"
+        if protocol["name"] == "thesis"
+        else f"fold{'s' if len(folds) > 1 else ''} {', '.join(str(f) for f in folds)} of a "
+        f"{config['num_folds']}-fold split by source image (split seed {config['split_seed']}; "
+        f"{protocol['train_images']} train / {protocol['test_images']} test images in the "
+        f"first fold)"
+    )
+    seeds = ", ".join(str(s) for s in config["seeds"])
+    versions = (
+        f"Python {env['python']}, PyTorch {env['torch']}, segmentation-models-pytorch "
+        f"{env.get('segmentation_models_pytorch')}"
+        + (f", CUDA {env['cuda']}, cuDNN {env['cudnn']}" if env.get("cuda") else "")
+    )
+    return (
+        f"Data: `{dataset['name']}`, {dataset['images']} images, classes "
+        f"{', '.join(dataset['class_names'])}. Protocol `{protocol['name']}`: "
+        f"{protocol['summary']} Split: {split}; inputs {protocol['input_size'][0]}×"
+        f"{protocol['input_size'][1]}. Training: {config['epochs']} epochs, batch "
+        f"{config['batch_size']}, {config['optimizer']} lr {config['lr']}, loss "
+        f"`{config['loss']}`, width {config['width']}, smp encoder `{config['encoder']}` "
+        f"(no pretrained weights), seeds {seeds}"
+        f"{', deterministic algorithms' if config.get('deterministic') else ''}. "
+        f"Device: {env['device_name']}. Software: {versions}; bench {env['bench']}, git "
+        f"commit `{env.get('git_commit')}`. Run from {meta['started_utc']} to "
+        f"{meta.get('finished_utc') or '(unfinished)'} (UTC). Jaccard (IoU) and Dice are "
+        f"computed per test image and class over the image's original pixels (padding "
+        f"excluded) and given as mean ± SEM (ddof=1) over images."
+    )
+
+
+def render_markdown(run_dir: Path) -> str:
+    meta = read_json(run_dir / "config.json")
+    summary = read_csv(run_dir / "summary.csv")
+    per_image = read_csv(run_dir / "per_image.csv")
+    thesis = meta["protocol"]["name"] == "thesis"
+    reference = load_thesis_reference() if thesis else []
+    ref_models = [m for m in ("SegNet", "DeconvNet", "U-Net")] if thesis else []
+    ref_label = "{} — thesis 2019 (published)".format
+
+    out: list[str] = [
+        f"# Benchmark report: `{meta['dataset']['name']}`, protocol `{meta['protocol']['name']}`",
+        "",
+        "Command:",
+        "",
+        "```",
+        meta["command"],
+        "```",
+        "",
+        f"Machine: {meta['environment']['device_name']}.",
+        "",
+        "## Methods",
+        "",
+        methods_paragraph(meta),
+        "",
+    ]
+    if thesis:
+        out += [
+            "**Caution — the thesis protocol leaks.** Augmented copies were added before the "
+            "split, so "
+            f"{meta['protocol']['leaked_test_images']} of the {meta['protocol']['test_images']} "
+            "test images have their flipped-and-rotated twin in the training set. Its test "
+            "scores are optimistic; use the `clean` protocol to compare architectures. "
+            f"Published rows are from {THESIS_SOURCE}.",
+            "",
+        ]
+
+    n_images = len({(r["fold"], r["image_id"]) for r in per_image})
+    out += ["## Final accuracy (thesis Table 1)", ""]
+    table = Table(["Architecture", "Train accuracy", "Test accuracy"], [None, "max", "max"])
+    for row in summary:
+        table.add(
+            [
+                (row["architecture"], None),
+                (_fmt(_num(row["train_accuracy"])), _num(row["train_accuracy"])),
+                (_fmt(_num(row["test_accuracy"])), _num(row["test_accuracy"])),
+            ]
+        )
+    out += [
+        table.render(),
+        "",
+        "Pixel accuracy (argmax) after the last epoch; train is the running mean over the "
+        "last epoch's batches in training mode, test is measured in eval mode."
+        + (
+            " The thesis's Table 1 was published only as a figure, and its Keras "
+            "`accuracy` with binary cross-entropy was element-wise binary accuracy over "
+            "the one-hot channels, so no published row is shown."
+            if thesis
+            else ""
+        ),
+        "",
+    ]
+
+    out += ["## Final loss (thesis Table 2)", ""]
+    table = Table(["Architecture", "Train loss", "Test loss"], [None, "min", "min"])
+    for row in summary:
+        table.add(
+            [
+                (row["architecture"], None),
+                (_fmt(_num(row["train_loss"])), _num(row["train_loss"])),
+                (_fmt(_num(row["test_loss"])), _num(row["test_loss"])),
+            ]
+        )
+    for model in ref_models:
+        train, _ = _reference(reference, model, "loss", "train")
+        test, _ = _reference(reference, model, "loss", "test")
+        table.add([(ref_label(model), None), (_fmt(train), train), (_fmt(test), test)])
+    out += [table.render(), "", f"Loss: `{meta['config']['loss']}`.", ""]
+
+    out += ["## Segmentation quality on the test images (thesis Table 3)", ""]
+    headers = [
+        "Architecture",
+        "Jaccard cytoplasm",
+        "Jaccard nucleus",
+        "Dice cytoplasm",
+        "Dice nucleus",
+        "Dice whole cell",
+        'Pixel acc. cytoplasm (thesis "Jaccard")',
+        'Pixel acc. nucleus (thesis "Jaccard")',
+    ]
+    table = Table(headers, [None] + ["max"] * 7)
+    for row in summary:
+        cells: list[tuple[str, float | None]] = [(row["architecture"], None)]
+        for cls, metric in (
+            ("cytoplasm", "jaccard"),
+            ("nucleus", "jaccard"),
+            ("cytoplasm", "dice"),
+            ("nucleus", "dice"),
+            ("cell", "dice"),
+        ):
+            mean = _num(row[f"{cls}_{metric}_mean"])
+            cells.append((_pm(mean, _num(row[f"{cls}_{metric}_sem"])), mean))
+        for cls in ("cytoplasm", "nucleus"):
+            legacy = _num(row[f"{cls}_jaccard_legacy_mean"])
+            cells.append((_fmt(legacy), legacy))
+        table.add(cells)
+    for model in ref_models:
+        cells = [(ref_label(model), None), ("—", None), ("—", None)]
+        for cls in ("cytoplasm", "nucleus"):
+            mean, sem = _reference(reference, model, "dice", "test", cls)
+            cells.append((_pm(mean, sem), mean))
+        cells.append(("—", None))
+        for cls in ("cytoplasm", "nucleus"):
+            mean, sem = _reference(reference, model, "jaccard_legacy", "test", cls)
+            cells.append((_pm(mean, sem), mean))
+        table.add(cells)
+    out += [
+        table.render(),
+        "",
+        f"Mean ± SEM over {n_images} test image{'s' if n_images != 1 else ''} "
+        "(pooled over every seed and fold that ran). Jaccard is intersection over union. "
+        "The last two columns are per-class binary pixel accuracy, which is what the "
+        "thesis's \"Jaccard\" column measured (scikit-learn's removed "
+        "`jaccard_similarity_score`); they are shown only to compare like with like and "
+        "are not an overlap measure.",
+        "",
+    ]
+
+    out += ["## Training time and cost", ""]
+    table = Table(
+        [
+            "Architecture",
+            "Train s",
+            "Train + eval s",
+            "Images/s",
+            "Peak memory MB",
+            "Parameters",
+            "GFLOPs / image",
+        ],
+        [None, "min", "min", "max", "min", None, None],
+    )
+    for row in summary:
+        params = _num(row["params"])
+        table.add(
+            [
+                (row["architecture"], None),
+                (_fmt(_num(row["train_seconds"]), 1), _num(row["train_seconds"])),
+                (_fmt(_num(row["total_seconds"]), 1), _num(row["total_seconds"])),
+                (_fmt(_num(row["images_per_second"]), 1), _num(row["images_per_second"])),
+                (_fmt(_num(row["peak_memory_mb"]), 0), _num(row["peak_memory_mb"])),
+                ("—" if params is None else f"{int(params):,}", None),
+                (_fmt(_num(row["gflops"]), 3), None),
+            ]
+        )
+    for model in ref_models:
+        seconds, _ = _reference(reference, model, "train_seconds", "train")
+        table.add(
+            [
+                (ref_label(model) + ", Colab GPU 2018", None),
+                (_fmt(seconds, 1), None),
+                ("—", None),
+                ("—", None),
+                ("—", None),
+                ("—", None),
+                ("—", None),
+            ]
+        )
+    out += [
+        table.render(),
+        "",
+        "Seconds are per run (mean over seeds and folds), wall time with the device "
+        "synchronised; peak memory is CUDA max allocated, or on CPU the process's peak "
+        "resident set."
+        + (" Published times were on different hardware and are not ranked." if thesis else ""),
+        "",
+    ]
+
+    failed = [row for row in summary if row["status"] != "ok"]
+    if failed:
+        out += ["## Failures", ""]
+        out += [f"- `{row['architecture']}`: {row['error']}" for row in failed]
+        out += [""]
+
+    out += [
+        "## Figures",
+        "",
+        "Accuracy per epoch (thesis Figure 5):",
+        "",
+        "![accuracy](curves_accuracy.png)",
+        "",
+        "Loss per epoch (thesis Figure 6):",
+        "",
+        "![loss](curves_loss.png)",
+        "",
+        "Predictions (thesis Figure 7): input, each architecture, ground truth; nucleus "
+        "blue, cytoplasm green, background red.",
+        "",
+        "![predictions](predictions.png)",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _figure_saver() -> tuple[Any, Callable[[Any, Path], None]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def save(figure: Any, path: Path) -> None:
+        figure.savefig(path, dpi=100, metadata={"Software": None})
+        plt.close(figure)
+
+    return plt, save
+
+
+def render_curves(run_dir: Path, metric: str) -> None:
+    """Thesis Figures 5/6: one panel per architecture, train and test per epoch."""
+    plt, save = _figure_saver()
+    history = read_csv(run_dir / "history.csv")
+    names = list(dict.fromkeys(r["architecture"] for r in history)) or ["(no runs)"]
+    columns = min(3, len(names))
+    rows = math.ceil(len(names) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        for split, style in (("train", "-"), ("test", "--")):
+            points: dict[int, list[float]] = {}
+            for r in history:
+                if r["architecture"] == name and r["split"] == split:
+                    points.setdefault(int(r["epoch"]), []).append(float(r[metric]))
+            if points:
+                epochs = sorted(points)
+                ax.plot(epochs, [np.mean(points[e]) for e in epochs], style, label=split)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    figure.tight_layout()
+    save(figure, run_dir / f"curves_{metric}.png")
+
+
+def _colourise(label_png: Path, palette: Sequence[int]) -> np.ndarray:
+    from PIL import Image
+
+    grey = np.asarray(Image.open(label_png))
+    lookup = np.zeros(256, dtype=np.int64)
+    for index, value in enumerate(palette):
+        lookup[value] = index
+    return CLASS_COLOURS[np.clip(lookup[grey], 0, len(CLASS_COLOURS) - 1)]
+
+
+def render_predictions(run_dir: Path) -> None:
+    """Thesis Figure 7: rows = test images, columns = input, each architecture, truth."""
+    from PIL import Image
+
+    plt, save = _figure_saver()
+    meta = read_json(run_dir / "config.json")
+    palette = meta["dataset"]["palette"]
+    image_ids = sorted(p.stem for p in (run_dir / "inputs").glob("*.png"))
+    names = list(dict.fromkeys(r["architecture"] for r in read_csv(run_dir / "cells.csv")))
+    columns = ["input", *names, "ground truth"]
+    if not image_ids:
+        figure = plt.figure(figsize=(4, 1))
+        figure.text(0.5, 0.5, "no test images", ha="center")
+        save(figure, run_dir / "predictions.png")
+        return
+    figure, axes = plt.subplots(
+        len(image_ids),
+        len(columns),
+        figsize=(1.9 * len(columns), 1.9 * len(image_ids)),
+        squeeze=False,
+    )
+    for r, image_id in enumerate(image_ids):
+        for c, column in enumerate(columns):
+            ax = axes[r, c]
+            if column == "input":
+                ax.imshow(np.asarray(Image.open(run_dir / "inputs" / f"{image_id}.png")))
+            elif column == "ground truth":
+                ax.imshow(_colourise(run_dir / "truth" / f"{image_id}.png", palette))
+            else:
+                path = run_dir / "predictions" / column / f"{image_id}.png"
+                if path.exists():
+                    ax.imshow(_colourise(path, palette))
+                else:
+                    ax.text(0.5, 0.5, "failed", ha="center", va="center")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(column, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(image_id, fontsize=8)
+    figure.tight_layout()
+    save(figure, run_dir / "predictions.png")
+
+
+def render_run(run_dir: str | Path) -> Path:
+    """(Re-)write report.md and the figures of a run directory from its data files."""
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "report.md", render_markdown(run_dir))
+    render_curves(run_dir, "accuracy")
+    render_curves(run_dir, "loss")
+    render_predictions(run_dir)
+    return run_dir / "report.md"

@@ -1,0 +1,443 @@
+"""The one training loop every architecture goes through.
+
+A *suite* is a list of architectures × seeds × folds; each (architecture, seed, fold) is a
+*cell*. A cell trains a fresh model with the protocol's loss and optimiser, records per
+epoch the train and test loss/accuracy and wall time, then measures every test image and
+saves predictions and a checkpoint. A cell that raises or whose loss becomes NaN/inf is
+recorded as failed and the suite goes on.
+
+Accounting, so numbers mean the same for every architecture:
+
+- train loss/accuracy of an epoch are averages over its batches in training mode (dropout
+  on), as Keras reports them; test loss/accuracy are computed in eval mode after the epoch.
+- ``train_seconds`` is the wall time of the training phases only (device synchronised
+  before the clock is read); ``total_seconds`` adds the per-epoch evaluation and the final
+  measurement. ``images_per_second`` = training images processed / ``train_seconds``.
+- peak memory: CUDA's max allocated bytes for the cell; on CPU the peak resident set size
+  of the process during the cell (Linux resets it per cell; elsewhere it is the process's
+  lifetime peak).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import random
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import architectures
+from bench import metrics
+from bench.config import RunConfig
+from bench.errors import ConfigError
+from bench.protocols import IGNORE_INDEX, ProtocolSplit, SplitArrays
+
+BCE_EPSILON = 1e-7  # Keras's clipping of probabilities in binary_crossentropy
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an unavailable explicit choice is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError("--device mps: MPS is not available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a fresh peak-memory window for one cell (CUDA stats; Linux VmHWM)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    # Linux >= 4.0: writing 5 to clear_refs resets the peak resident set size.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA max allocated; on CPU the peak resident set since :func:`reset_peak_memory`."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
+    # Fallback: the process's lifetime peak; ru_maxrss is KiB on Linux, bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def compute_loss(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean loss over the valid (non-padded) pixels.
+
+    ``bce``: the thesis's binary cross-entropy between softmax probabilities and one-hot
+    masks, averaged over classes and pixels, probabilities clipped as Keras does.
+    ``cross_entropy``: multi-class cross-entropy on the logits.
+    """
+    if name == "cross_entropy":
+        return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
+    if name == "bce":
+        valid = labels != IGNORE_INDEX
+        probabilities = logits.float().softmax(dim=1).clamp(BCE_EPSILON, 1 - BCE_EPSILON)
+        one_hot = F.one_hot(labels.clamp(min=0), logits.shape[1]).permute(0, 3, 1, 2).float()
+        elementwise = -(one_hot * probabilities.log() + (1 - one_hot) * (1 - probabilities).log())
+        weight = valid.unsqueeze(1).float()
+        return (elementwise * weight).sum() / (weight.sum() * logits.shape[1]).clamp(min=1)
+    raise ConfigError(f"unknown loss {name!r}")
+
+
+def pixel_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct valid pixels, valid pixels), as device tensors (no host sync)."""
+    valid = labels != IGNORE_INDEX
+    correct = (logits.argmax(dim=1) == labels) & valid
+    return correct.sum(), valid.sum()
+
+
+def to_tensor_images(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) → float32 (N, 3, H, W) scaled by 1/255, as the thesis does."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def make_augmenter(seed: int) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Online training augmentation of the clean protocol (albumentations, seeded)."""
+    import albumentations as A
+
+    transform = A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.RandomRotate90(p=1.0),
+            A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, p=0.5),
+        ],
+        seed=seed,
+    )
+
+    def augment(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out_images = np.empty_like(images)
+        out_labels = np.empty_like(labels)
+        for i in range(len(images)):
+            result = transform(image=images[i], mask=labels[i])
+            out_images[i] = result["image"]
+            out_labels[i] = result["mask"]
+        return out_images, out_labels
+
+    return augment
+
+
+@dataclass
+class CellResult:
+    architecture: str
+    seed: int
+    fold: int | None
+    status: str = "ok"
+    error: str = ""
+    params: int | None = None
+    gflops: float | None = None
+    epochs: int = 0
+    batch_size: int = 0
+    train_seconds: float | None = None
+    total_seconds: float | None = None
+    images_per_second: float | None = None
+    peak_memory_mb: float | None = None
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+    predictions: np.ndarray | None = None  # int (N, H, W) label maps of the test images
+    model_state: dict[str, torch.Tensor] | None = None  # final weights, on the CPU
+
+    def row(self) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in self.__dict__.items()
+            if k not in ("history", "per_image", "predictions", "model_state")
+        }
+
+
+@dataclass(frozen=True)
+class CellSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    loss: str
+    width: float
+    options: dict[str, Any]
+    deterministic: bool
+    progress: bool
+
+
+def evaluate(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    loss_name: str,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[float, float, np.ndarray]:
+    """Test loss and pixel accuracy (eval mode) and the predicted label maps."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    valid = torch.zeros((), device=device, dtype=torch.long)
+    predictions = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(device, non_blocking=True)
+            y = labels[start : start + batch_size].to(device, non_blocking=True)
+            logits = model(x)
+            loss_sum += compute_loss(loss_name, logits, y) * len(x)
+            c, v = pixel_correct(logits, y)
+            correct += c
+            valid += v
+            predictions.append(logits.argmax(dim=1).cpu())
+    loss = loss_sum.item() / max(len(images), 1)
+    accuracy = correct.item() / max(valid.item(), 1)
+    return loss, accuracy, torch.cat(predictions).numpy()
+
+
+def train_cell(
+    architecture: str,
+    seed: int,
+    fold: int | None,
+    split: ProtocolSplit,
+    settings: CellSettings,
+    device: torch.device,
+    class_metrics: dict[str, tuple[int, ...]] = metrics.WBC_METRIC_CLASSES,
+) -> CellResult:
+    """Train and measure one (architecture, seed, fold); never raises for model failures."""
+    result = CellResult(
+        architecture, seed, fold, epochs=settings.epochs, batch_size=settings.batch_size
+    )
+    started = time.perf_counter()
+    try:
+        _train(result, split, settings, device, class_metrics)
+    except Exception as error:  # noqa: BLE001 - one architecture failing must not stop the suite
+        result.status = "failed"
+        result.error = f"{type(error).__name__}: {error}"
+        result.predictions = None
+        if not isinstance(error, NonFiniteLoss):
+            traceback.print_exc(file=sys.stderr)
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    result.total_seconds = time.perf_counter() - started
+    return result
+
+
+def _train(
+    result: CellResult,
+    split: ProtocolSplit,
+    settings: CellSettings,
+    device: torch.device,
+    class_metrics: dict[str, tuple[int, ...]],
+) -> None:
+    from tqdm.auto import tqdm
+
+    seed_everything(result.seed, settings.deterministic)
+    reset_peak_memory(device)
+    model = architectures.build(
+        result.architecture,
+        num_classes=3,
+        in_channels=3,
+        width=settings.width,
+        **settings.options,
+    )
+    height, width = split.train.labels.shape[1:]
+    result.params = architectures.count_parameters(model)
+    result.gflops = architectures.forward_gflops(model, size=(height, width))
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+
+    train_images = split.train.images  # uint8, augmented per batch when the protocol asks
+    train_labels = torch.from_numpy(split.train.labels)
+    test_images = to_tensor_images(split.test.images)
+    test_labels = torch.from_numpy(split.test.labels)
+    augment = make_augmenter(result.seed) if split.augment else None
+    if not augment:
+        train_tensor = to_tensor_images(train_images)
+    generator = torch.Generator().manual_seed(result.seed)
+    n_train = len(split.train)
+    train_seconds = 0.0
+    label = f"{result.architecture} s{result.seed}" + (
+        f" f{result.fold}" if result.fold is not None else ""
+    )
+    epochs = tqdm(
+        range(1, settings.epochs + 1),
+        desc=label,
+        unit="epoch",
+        disable=not settings.progress,
+        leave=False,
+    )
+    for epoch in epochs:
+        epoch_start = time.perf_counter()
+        synchronize(device)
+        model.train()
+        order = torch.randperm(n_train, generator=generator)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        valid = torch.zeros((), device=device, dtype=torch.long)
+        batches = range(0, n_train, settings.batch_size)
+        for start in tqdm(
+            batches, desc=f"epoch {epoch}", unit="batch", disable=not settings.progress, leave=False
+        ):
+            index = order[start : start + settings.batch_size]
+            if augment:
+                images, labels = augment(
+                    train_images[index.numpy()], split.train.labels[index.numpy()]
+                )
+                x = to_tensor_images(images)
+                y = torch.from_numpy(labels.astype(np.int64))
+            else:
+                x, y = train_tensor[index], train_labels[index]
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            logits = model(x)
+            loss = compute_loss(settings.loss, logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(index)
+            c, v = pixel_correct(logits.detach(), y)
+            correct += c
+            valid += v
+        synchronize(device)
+        train_time = time.perf_counter() - epoch_start
+        train_seconds += train_time
+        train_loss = loss_sum.item() / n_train
+        train_accuracy = correct.item() / max(valid.item(), 1)
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}")
+        test_loss, test_accuracy, predictions = evaluate(
+            model, test_images, test_labels, settings.loss, settings.batch_size, device
+        )
+        base = {
+            "architecture": result.architecture,
+            "seed": result.seed,
+            "fold": result.fold,
+            "epoch": epoch,
+        }
+        result.history.append(
+            {
+                **base,
+                "split": "train",
+                "loss": train_loss,
+                "accuracy": train_accuracy,
+                "seconds": train_time,
+            }
+        )
+        result.history.append(
+            {
+                **base,
+                "split": "test",
+                "loss": test_loss,
+                "accuracy": test_accuracy,
+                "seconds": time.perf_counter() - epoch_start - train_time,
+            }
+        )
+        epochs.set_postfix(loss=f"{train_loss:.4f}", test_acc=f"{test_accuracy:.4f}")
+        result.train_loss, result.train_accuracy = train_loss, train_accuracy
+        result.test_loss, result.test_accuracy = test_loss, test_accuracy
+
+    result.train_seconds = train_seconds
+    result.images_per_second = n_train * settings.epochs / train_seconds if train_seconds else None
+    result.peak_memory_mb = peak_memory_mb(device)
+    result.predictions = predictions
+    result.per_image = per_image_rows(result, split.test, predictions, class_metrics)
+    result.model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def per_image_rows(
+    result: CellResult,
+    test: SplitArrays,
+    predictions: np.ndarray,
+    class_metrics: dict[str, tuple[int, ...]],
+) -> list[dict[str, Any]]:
+    """Per-image, per-class metrics over each image's original (unpadded) pixels."""
+    rows = []
+    for i, image_id in enumerate(test.image_ids):
+        h, w = test.sizes[i]
+        scores = metrics.image_metrics(
+            predictions[i, :h, :w], test.labels[i, :h, :w], classes=class_metrics
+        )
+        for class_name, values in scores.items():
+            rows.append(
+                {
+                    "architecture": result.architecture,
+                    "seed": result.seed,
+                    "fold": result.fold,
+                    "image_id": image_id,
+                    "class": class_name,
+                    **values,
+                }
+            )
+    return rows
+
+
+def save_label_map(path: Path, labels: np.ndarray, palette: tuple[int, ...]) -> None:
+    """Write a label map as a grey PNG in the ground truth's own palette (e.g. 0/128/255)."""
+
+    from bench.results import atomic_write_bytes
+
+    grey = np.asarray(palette, dtype=np.uint8)[labels.astype(np.int64)]
+    buffer = io.BytesIO()
+    Image.fromarray(grey, mode="L").save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def resolve_architectures(config: RunConfig) -> list[str]:
+    """Expand names and fnmatch patterns (or --all) against the registry, in the order given."""
+    if config.all:
+        return architectures.available()
+    names: list[str] = []
+    for pattern in config.architectures:
+        matches = architectures.available(pattern)
+        if not matches:
+            known = ", ".join(architectures.available())
+            raise ConfigError(f"no architecture matches {pattern!r}; known: {known}")
+        names.extend(m for m in matches if m not in names)
+    return names
