@@ -301,7 +301,10 @@ def _train(
     if not augment:
         train_tensor = to_tensor_images(train_images)
     generator = torch.Generator().manual_seed(result.seed)
-    n_train = len(split.train)
+    # A final batch of one image breaks batch norm after global pooling (PSPNet, PAN,
+    # DeepLab, UPerNet): drop that single image for the epoch; shuffling varies which.
+    n_images = len(split.train)
+    n_train = n_images - 1 if n_images % settings.batch_size == 1 and n_images > 1 else n_images
     train_seconds = 0.0
     label = f"{result.architecture} s{result.seed}" + (
         f" f{result.fold}" if result.fold is not None else ""
@@ -317,7 +320,7 @@ def _train(
         epoch_start = time.perf_counter()
         synchronize(device)
         model.train()
-        order = torch.randperm(n_train, generator=generator)
+        order = torch.randperm(n_images, generator=generator)[:n_train]
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         valid = torch.zeros((), device=device, dtype=torch.long)

@@ -1,0 +1,205 @@
+"""``smp_*``: segmentation-models-pytorch baselines behind the registry's contract.
+
+Not from the thesis (which has only U-Net, SegNet and DeconvNet, §2.3): these are modern
+reference points, each registered as ``smp_<architecture lower-case>`` with ``source="smp"``.
+
+Options: ``encoder`` (default ``"resnet34"``, any smp encoder name or ``"tu-<timm model>"``),
+``encoder_weights`` (default ``None``: random initialisation, as the thesis's models; pass
+``"imagenet"`` to download pretrained weights, and a failed download is an
+:class:`ArchitectureError` suggesting ``encoder_weights=None``); any other keyword is passed to
+the smp class unchanged (e.g. ``encoder_depth``, ``decoder_attention_type``).
+
+``width`` scales the decoder's channel counts (round(c * width), at least 1), never the
+encoder, and only where smp exposes them; an explicit smp keyword wins over ``width``:
+
+* unet, unetplusplus: ``decoder_channels`` (256, 128, 64, 32, 16);
+* manet: ``decoder_channels`` (256, 128, 64, 32, 16) and ``decoder_pab_channels`` (64);
+* linknet: nothing (its decoder's widths follow the encoder's): ``width`` is ignored;
+* fpn: ``decoder_pyramid_channels`` (256) and ``decoder_segmentation_channels`` (128, kept a
+  multiple of 32, at least 32, because smp normalises it with GroupNorm(32));
+* pspnet: ``psp_out_channels`` (512);
+* pan: ``decoder_channels`` (32);
+* deeplabv3, deeplabv3plus, upernet: ``decoder_channels`` (256);
+* segformer: ``decoder_segmentation_channels`` (256).
+
+Input sizes: smp needs sides divisible by the encoder's output stride (asked from smp:
+``model.encoder.output_stride``, e.g. 32 for a 5-stage ResNet, 8 for PSPNet's 3-stage one, 8/16
+for the dilated DeepLab encoders); PAN's feature pyramid attention also pools its deepest
+feature map three more times, so its input must be at least 8 x output stride (128 with the
+default stride 16). The wrapper zero-pads at the bottom/right up to that and crops the logits
+back, so any input size works. Zero padding (not reflection) matches how the data sets pad
+images to 120x120 and works for any pad width.
+
+Known limitation: several decoders (PSPNet, PAN, DeepLabV3/V3+, UPerNet) apply batch norm
+after a global pooling, so training needs batches of at least 2 images.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import torch
+from torch import nn
+
+from architectures import _crop_or_pad_to, _pad_to_multiple, _scaled, register_architecture
+from bench.errors import ArchitectureError
+
+_UNET_CHANNELS = (256, 128, 64, 32, 16)
+
+
+def _decoder_channels(width: float) -> dict[str, Any]:
+    return {"decoder_channels": tuple(_scaled(c, width) for c in _UNET_CHANNELS)}
+
+
+def _fpn_channels(width: float) -> dict[str, Any]:
+    return {
+        "decoder_pyramid_channels": _scaled(256, width),
+        "decoder_segmentation_channels": max(32, round(128 * width / 32) * 32),
+    }
+
+
+# smp class name -> (one-line description, function of width -> decoder keyword arguments)
+ARCHITECTURES: dict[str, tuple[str, Any]] = {
+    "Unet": ("U-Net decoder with skip concatenations (Ronneberger et al. 2015)", _decoder_channels),
+    "UnetPlusPlus": ("nested dense skip pathways (Zhou et al. 2018)", _decoder_channels),
+    "MAnet": (
+        "multi-scale attention U-Net (Fan et al. 2020)",
+        lambda w: {**_decoder_channels(w), "decoder_pab_channels": _scaled(64, w)},
+    ),
+    "Linknet": ("light decoder, skips added (Chaurasia & Culurciello 2017)", lambda w: {}),
+    "FPN": ("feature pyramid network decoder (Kirillov et al. 2019)", _fpn_channels),
+    "PSPNet": (
+        "pyramid pooling on a 3-stage encoder (Zhao et al. 2017)",
+        lambda w: {"psp_out_channels": _scaled(512, w)},
+    ),
+    "PAN": (
+        "pyramid attention network (Li et al. 2018)",
+        lambda w: {"decoder_channels": _scaled(32, w)},
+    ),
+    "DeepLabV3": (
+        "atrous spatial pyramid pooling, output stride 8 (Chen et al. 2017)",
+        lambda w: {"decoder_channels": _scaled(256, w)},
+    ),
+    "DeepLabV3Plus": (
+        "ASPP + low-level skip decoder, output stride 16 (Chen et al. 2018)",
+        lambda w: {"decoder_channels": _scaled(256, w)},
+    ),
+    "UPerNet": (
+        "unified perceptual parsing decoder (Xiao et al. 2018)",
+        lambda w: {"decoder_channels": _scaled(256, w)},
+    ),
+    "Segformer": (
+        "SegFormer all-MLP decoder (Xie et al. 2021)",
+        lambda w: {"decoder_segmentation_channels": _scaled(256, w)},
+    ),
+}
+
+
+class SmpSegmenter(nn.Module):
+    """An smp model that accepts any input size: zero-pad bottom/right, run, crop the logits."""
+
+    def __init__(self, model: nn.Module, multiple: int, min_size: int = 0) -> None:
+        super().__init__()
+        self.model = model
+        self.multiple = multiple
+        self.min_size = min_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, size = _pad_to_multiple(x, self.multiple, self.min_size)
+        return _crop_or_pad_to(self.model(x), size)
+
+
+def _is_download_error(error: BaseException) -> bool:
+    """Did building fail while fetching weights (network, hub, cache), not for another reason?"""
+    modules = ("huggingface_hub", "requests", "urllib3", "httpx", "urllib", "timm", "socket")
+    for current in (error, error.__cause__, error.__context__):
+        if current is None:
+            continue
+        if isinstance(current, (OSError, ConnectionError, TimeoutError)):
+            return True
+        if type(current).__module__.split(".")[0] in modules:
+            return True
+    return False
+
+
+def _check_encoder(arch_name: str, encoder: str, encoder_weights: str | None) -> None:
+    """Name the problem before smp raises a bare KeyError."""
+    if encoder.startswith("tu-"):
+        return
+    from segmentation_models_pytorch.encoders import encoders
+
+    if encoder not in encoders:
+        close = difflib.get_close_matches(encoder, list(encoders), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ArchitectureError(
+            f"{arch_name}: unknown encoder {encoder!r}{hint}; see "
+            "segmentation_models_pytorch.encoders.get_encoder_names(), or use 'tu-<timm model>'"
+        )
+    settings = encoders[encoder]["pretrained_settings"]
+    if encoder_weights is not None and encoder_weights not in settings:
+        raise ArchitectureError(
+            f"{arch_name}: encoder {encoder!r} has no {encoder_weights!r} weights; "
+            f"available: {', '.join(settings) or 'none'} (or encoder_weights=None)"
+        )
+
+
+def _build_smp(
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    width: float,
+    encoder: str,
+    encoder_weights: str | None,
+    smp_options: dict[str, Any],
+) -> nn.Module:
+    import segmentation_models_pytorch as smp
+
+    name = f"smp_{arch.lower()}"
+    _check_encoder(name, encoder, encoder_weights)
+    kwargs = {**ARCHITECTURES[arch][1](width), **smp_options}
+    try:
+        model = getattr(smp, arch)(
+            encoder_name=encoder,
+            encoder_weights=encoder_weights,
+            in_channels=in_channels,
+            classes=num_classes,
+            **kwargs,
+        )
+    except Exception as error:
+        if encoder_weights is not None and _is_download_error(error):
+            raise ArchitectureError(
+                f"{name}: the {encoder_weights!r} weights of encoder {encoder!r} could not be "
+                f"downloaded ({type(error).__name__}: {error}); pass encoder_weights=None to "
+                "train from random initialisation"
+            ) from error
+        raise
+    stride = int(model.encoder.output_stride)
+    min_size = 8 * stride if arch == "PAN" else 0
+    return SmpSegmenter(model, multiple=stride, min_size=min_size)
+
+
+def _register(arch: str) -> None:
+    description = ARCHITECTURES[arch][0]
+
+    def factory(
+        num_classes: int = 3,
+        in_channels: int = 3,
+        width: float = 1.0,
+        encoder: str = "resnet34",
+        encoder_weights: str | None = None,
+        **smp_options: Any,
+    ) -> nn.Module:
+        return _build_smp(
+            arch, num_classes, in_channels, width, encoder, encoder_weights, smp_options
+        )
+
+    factory.__name__ = factory.__qualname__ = f"smp_{arch.lower()}"
+    factory.__doc__ = f"segmentation-models-pytorch {arch}: {description}."
+    register_architecture(
+        f"smp_{arch.lower()}", description=f"smp {arch}: {description}", source="smp"
+    )(factory)
+
+
+for _arch in ARCHITECTURES:
+    _register(_arch)

@@ -1,0 +1,243 @@
+"""The registry's contract, every registered architecture, and the thesis models' fidelity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import architectures
+from architectures.unet_thesis import KerasSameConvTranspose2d, keras_same_conv
+from bench.errors import ArchitectureError, ConfigError
+
+WIDTH = 0.125  # narrow models keep the whole file within seconds on 2 CPU cores
+KERAS_UNET_TRAINABLE_PARAMS = 26_230_851  # model.summary() of the thesis annex's Keras U-Net
+
+
+# --------------------------------------------------------------------------- every architecture
+
+
+@pytest.mark.parametrize("name", architectures.available())
+def test_logits_shape_finite_and_one_training_step(name: str) -> None:
+    torch.manual_seed(0)
+    model = architectures.build(name, num_classes=3, width=WIDTH)
+    model.train()
+    for size in [(104, 112), (120, 120)]:
+        x = torch.rand(2, 3, *size)
+        logits = model(x)
+        assert logits.shape == (2, 3, *size), f"{name} at {size}"
+        assert torch.isfinite(logits).all(), f"{name} at {size}"
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    first, last = trainable[0].detach().clone(), trainable[-1].detach().clone()
+    optimizer = torch.optim.Adam(trainable, lr=1e-3)
+    target = torch.randint(0, 3, (2, 120, 120))
+    loss = F.cross_entropy(logits, target)  # logits of the 120x120 batch above
+    loss.backward()
+    optimizer.step()
+    # The step must reach both ends of the network: the input layer and the output layer.
+    assert not torch.equal(first, trainable[0].detach()), f"{name}: first layer did not change"
+    assert not torch.equal(last, trainable[-1].detach()), f"{name}: last layer did not change"
+
+
+@pytest.mark.parametrize("name", architectures.available())
+def test_check_output_shape_accepts_every_architecture(name: str) -> None:
+    model = architectures.build(name, width=WIDTH)
+    architectures.check_output_shape(name, model, size=(64, 64))
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_available_filters_and_sorts() -> None:
+    names = architectures.available()
+    assert names == sorted(names)
+    assert {"unet_thesis", "segnet_basic", "deconvnet"} <= set(names)
+    smp_names = architectures.available("smp_*")
+    assert len(smp_names) >= 10
+    assert all(architectures.get_spec(n).source == "smp" for n in smp_names)
+    assert architectures.get_spec("unet_thesis").source == "builtin"
+    assert architectures.get_spec("unet_thesis").description
+
+
+def test_duplicate_registration_raises() -> None:
+    with pytest.raises(ArchitectureError, match="unet_thesis.*registered twice.*builtin"):
+
+        @architectures.register_architecture("unet_thesis")
+        def again(num_classes: int = 3, in_channels: int = 3, width: float = 1.0) -> nn.Module:
+            return nn.Identity()
+
+    assert architectures.get_spec("unet_thesis").factory.__module__ == "architectures.unet_thesis"
+
+
+def test_unknown_name_lists_known_ones() -> None:
+    with pytest.raises(ArchitectureError, match="unknown architecture 'unet_thesys'") as info:
+        architectures.build("unet_thesys")
+    message = str(info.value)
+    assert "did you mean unet_thesis" in message
+    assert all(name in message for name in architectures.available())
+
+
+def test_bad_width_and_unknown_option_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="width"):
+        architectures.build("unet_thesis", width=0)
+    with pytest.raises(ConfigError, match="unet_thesis.*encoder"):
+        architectures.build("unet_thesis", width=WIDTH, encoder="resnet18")
+
+
+def test_width_scales_channels() -> None:
+    model = architectures.build("unet_thesis", width=0.5)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0].out_channels == 32 and max(c.out_channels for c in convs) == 512
+    tiny = architectures.build("segnet_basic", width=0.001)
+    assert all(m.out_channels >= 1 for m in tiny.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_check_output_shape_names_the_architecture() -> None:
+    with pytest.raises(ArchitectureError, match=r"'half'.*\(1, 3, 60, 60\)"):
+        architectures.check_output_shape("half", nn.Conv2d(3, 3, 1, stride=2))
+
+
+def test_count_parameters_and_gflops() -> None:
+    model = nn.Conv2d(3, 4, kernel_size=1)
+    assert architectures.count_parameters(model) == 16
+    model.bias.requires_grad_(False)
+    assert architectures.count_parameters(model) == 12
+    # one multiply-add = 2 flops: 2 * 3 * 4 per pixel (torch does not count the bias)
+    expected = 2 * 12 * 120 * 120 / 1e9
+    assert architectures.forward_gflops(model, (120, 120)) == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------- thesis U-Net
+
+
+def test_unet_thesis_parameter_count_equals_keras() -> None:
+    model = architectures.build("unet_thesis", width=1.0)
+    assert architectures.count_parameters(model) == KERAS_UNET_TRAINABLE_PARAMS
+
+
+def test_unet_thesis_layers_follow_the_annex() -> None:
+    model = architectures.build("unet_thesis", width=WIDTH)
+    ups = [m.conv for m in model.modules() if isinstance(m, KerasSameConvTranspose2d)]
+    assert [(u.kernel_size[0], u.stride[0]) for u in ups] == [(2, 3), (2, 2), (3, 2), (2, 2)]
+    assert [p.kernel_size for p in model.pools] == [2, 2, 2, 3]
+    decoder_kernels = [
+        m.kernel_size[0]
+        for block in model.decoder
+        for m in block.conv.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    assert decoder_kernels == [2, 2, 2, 2, 3, 3, 2, 2]
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(bn.eps == 1e-3 and bn.momentum == 0.01 for bn in bns)
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert all(c.bias is not None and not c.bias.any() for c in convs)  # Keras: zero biases
+    head_conv, dropout = model.head
+    assert head_conv.kernel_size == (1, 1) and dropout.p == 0.5
+
+
+def test_unet_thesis_concatenates_upsampled_then_skip() -> None:
+    model = architectures.build("unet_thesis", width=WIDTH).eval()
+    block = model.decoder[0]
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(key: str, use_input: bool):  # a forward hook must return None
+        def hook(_module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            seen[key] = inputs[0] if use_input else output
+
+        return hook
+
+    block.conv.register_forward_hook(record("cat", use_input=True))
+    block.up.register_forward_hook(record("up", use_input=False))
+    with torch.no_grad():
+        model(torch.rand(1, 3, 120, 120))
+    channels = seen["up"].shape[1]
+    assert seen["cat"].shape[1] == 2 * channels
+    assert torch.equal(seen["cat"][:, :channels], seen["up"])
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(2, 3), (2, 2), (3, 2)])
+def test_conv_transpose_fills_the_pixels_tensorflow_fills(kernel: int, stride: int) -> None:
+    """TF's Conv2DTranspose('same') is the gradient of a 'same' strided conv on n*stride pixels."""
+    torch.manual_seed(0)
+    layer = KerasSameConvTranspose2d(2, 3, kernel, stride)
+    nn.init.zeros_(layer.conv.bias)
+    n = 5
+    x = torch.randn(1, 2, n, n)
+    big = torch.zeros(1, 3, n * stride, n * stride, requires_grad=True)
+    total = max(kernel - stride, 0)  # TF 'same' padding for input n*stride, output n
+    padded = F.pad(big, (total // 2, total - total // 2, total // 2, total - total // 2))
+    forward = F.conv2d(padded, layer.conv.weight, stride=stride)
+    assert forward.shape[-2:] == (n, n)
+    (expected,) = torch.autograd.grad(forward, big, grad_outputs=x)
+    assert torch.allclose(layer(x), expected, atol=1e-6)
+
+
+def test_even_kernel_same_conv_pads_bottom_right_like_tensorflow() -> None:
+    torch.manual_seed(0)
+    layer = keras_same_conv(2, 3, 2)
+    conv = layer[1]
+    x = torch.randn(1, 2, 6, 6)
+    expected = F.conv2d(F.pad(x, (0, 1, 0, 1)), conv.weight, conv.bias)
+    assert torch.allclose(layer(x), expected)
+
+
+# --------------------------------------------------------------------------- SegNet, DeconvNet
+
+
+def test_segnet_basic_structure() -> None:
+    model = architectures.build("segnet_basic", width=WIDTH)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)][:-1]  # minus the head
+    assert len(convs) == 8
+    assert all(c.kernel_size == (7, 7) and c.bias is None for c in convs)
+    assert [c.out_channels for c in convs] == [8, 16, 32, 64, 32, 16, 8, 8]
+    assert sum(isinstance(m, nn.ReLU) for m in model.encoder.modules()) == 4
+    assert not any(isinstance(m, nn.ReLU) for m in model.decoder.modules())
+    assert [p.kernel_size for p in model.pools] == [2, 2, 2, 3]
+    assert all(p.return_indices for p in model.pools)
+    assert sum(isinstance(m, nn.MaxUnpool2d) for m in model.modules()) == 4
+
+
+def test_deconvnet_structure() -> None:
+    model = architectures.build("deconvnet", width=WIDTH)
+    convs = [m for m in model.encoder.modules() if isinstance(m, nn.Conv2d)]
+    deconvs = [m for m in model.decoder.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert len(convs) == 13 and len(deconvs) == 13
+    assert all(c.kernel_size == (3, 3) for c in convs + deconvs)
+    assert [c.out_channels for c in convs] == [8, 8, 16, 16] + [32] * 3 + [64] * 6
+    assert [c.out_channels for c in deconvs] == [64] * 5 + [32] * 3 + [16] * 2 + [8] * 3
+    assert [getattr(p, "kernel_size", 1) for p in model.pools] == [1, 2, 2, 2, 3]
+    assert model.fc[0].out_channels == 512  # 4096 * width
+
+
+# --------------------------------------------------------------------------- smp baselines
+
+
+def test_smp_width_scales_the_decoder_only() -> None:
+    narrow = architectures.build("smp_unet", width=0.5, encoder="resnet18")
+    full = architectures.build("smp_unet", width=1.0, encoder="resnet18")
+    assert narrow.model.segmentation_head[0].in_channels == 8
+    assert full.model.segmentation_head[0].in_channels == 16
+    assert architectures.count_parameters(narrow.model.encoder) == architectures.count_parameters(
+        full.model.encoder
+    )
+
+
+def test_smp_failed_weight_download_suggests_random_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    import segmentation_models_pytorch.encoders as smp_encoders
+
+    def offline(*args: object, **kwargs: object) -> str:
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(smp_encoders, "hf_hub_download", offline)
+    with pytest.raises(ArchitectureError) as info:
+        architectures.build("smp_unet", width=WIDTH, encoder="resnet18", encoder_weights="imagenet")
+    message = str(info.value)
+    assert "could not be downloaded" in message
+    assert "resnet18" in message and "encoder_weights=None" in message
+
+
+def test_smp_unknown_encoder_is_named() -> None:
+    with pytest.raises(ArchitectureError, match="unknown encoder 'resnet35'.*resnet34"):
+        architectures.build("smp_fpn", encoder="resnet35")
