@@ -1,9 +1,10 @@
 """Render a run directory's report from its data files. Never trains, never re-measures.
 
-``render_run(RUN_DIR)`` reads ``config.json``, ``summary.csv``, ``history.csv`` and the
-saved label maps, and writes ``report.md``, ``curves_accuracy.png``, ``curves_loss.png``
-and ``predictions.png``. Rendering is deterministic: the same data files give the same
-``report.md``, byte for byte.
+``render_run(RUN_DIR)`` reads ``config.json``, ``summary.csv``, ``history.csv``,
+``per_image.csv`` and the saved label maps, and writes ``statistics.csv`` (derived from
+``per_image.csv`` by :mod:`bench.stats`), ``report.md``, ``curves_accuracy.png``,
+``curves_loss.png`` and ``predictions.png``. Rendering is deterministic: the same data
+files give the same ``report.md``, byte for byte.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.results import atomic_write_text, read_csv, read_json
+from bench import stats
+from bench.results import atomic_write_text, read_csv, read_json, write_csv
 
 #: Thesis model names (thesis_reference.csv) for our faithful rebuilds.
 THESIS_MODELS = {"unet_thesis": "U-Net", "segnet_basic": "SegNet", "deconvnet": "DeconvNet"}
@@ -268,6 +270,8 @@ def render_markdown(run_dir: Path) -> str:
         "",
     ]
 
+    out += statistics_section(per_image)
+
     out += ["## Training time and cost", ""]
     table = Table(
         [
@@ -341,6 +345,70 @@ def render_markdown(run_dir: Path) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return "< 0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
+def statistics_section(per_image: list[dict[str, str]]) -> list[str]:
+    """The paired comparison and ranking, when more than one architecture has results."""
+    rows = stats.statistics_rows(per_image)
+    if len(rows) < 2:
+        return []
+    table = Table(
+        [
+            "Architecture",
+            "Mean rank",
+            "Per-run mean ± SEM (runs)",
+            "Per-image mean ± SEM (images)",
+            "Median Δ vs best [95 % CI]",
+            "p (Wilcoxon)",
+            "p (Holm)",
+            "Significant at 0.05",
+        ],
+        [None, "min", None, None, None, None, None, None],
+    )
+    for row in sorted(rows, key=lambda r: (r.get("mean_rank") or math.inf, r["architecture"])):
+        if row.get("reference"):
+            delta = f"{row['median_difference']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
+            significant = "yes" if row["significant"] else "no"
+        else:
+            delta, significant = "best (reference)", "—"
+        table.add(
+            [
+                (row["architecture"], None),
+                (_fmt(row.get("mean_rank"), 2), row.get("mean_rank")),
+                (f"{_pm(row['run_mean'], _nan_none(row['run_sem']))} ({row['runs']})", None),
+                (f"{_pm(row['image_mean'], _nan_none(row['image_sem']))} ({row['images']})", None),
+                (delta, None),
+                (_p(row.get("p_value")), None),
+                (_p(row.get("p_holm")), None),
+                (significant, None),
+            ]
+        )
+    return [
+        "## Statistical comparison",
+        "",
+        "Primary endpoint: per-image foreground Dice, the mean of the cytoplasm and nucleus "
+        "Dice of a test image, averaged over the seeds that ran. Each architecture is compared "
+        "with the best one (highest mean) on the same test images: Wilcoxon signed-rank test "
+        "(two-sided) with Holm's correction across the comparisons, and the median paired "
+        f"difference with a percentile bootstrap 95 % CI ({stats.BOOTSTRAP_RESAMPLES:,} "
+        f"resamples of images, seed {stats.BOOTSTRAP_SEED}). Mean rank: per image, "
+        "architectures ranked by the endpoint (1 = best, ties averaged), then averaged over "
+        "images. Per-run: mean ± SEM of the per-run means (one per seed × fold); per-image: "
+        "mean ± SEM over every (seed, fold, image). The numbers are in `statistics.csv`.",
+        "",
+        table.render(),
+        "",
+    ]
+
+
+def _nan_none(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else value
 
 
 def _figure_saver() -> tuple[Any, Callable[[Any, Path], None]]:
@@ -441,6 +509,11 @@ def render_predictions(run_dir: Path) -> None:
 def render_run(run_dir: str | Path) -> Path:
     """(Re-)write report.md and the figures of a run directory from its data files."""
     run_dir = Path(run_dir)
+    write_csv(
+        run_dir / "statistics.csv",
+        stats.STATISTICS_COLUMNS,
+        stats.statistics_rows(read_csv(run_dir / "per_image.csv")),
+    )
     atomic_write_text(run_dir / "report.md", render_markdown(run_dir))
     render_curves(run_dir, "accuracy")
     render_curves(run_dir, "loss")

@@ -1,0 +1,69 @@
+"""The statistics of comparisons: Holm, Wilcoxon, bootstrap, ranks, run-level aggregation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from bench import stats
+
+
+def rows_for(name, values, seed=0, fold=0, classes=("cytoplasm", "nucleus")):
+    return [
+        {
+            "architecture": name,
+            "seed": seed,
+            "fold": fold,
+            "image_id": f"{i:03d}",
+            "class": cls,
+            "dice": value,
+        }
+        for i, value in enumerate(values)
+        for cls in classes
+    ]
+
+
+def test_holm_matches_hand_computation():
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert stats.holm([]) == []
+
+
+def test_clear_difference_is_significant_and_identical_models_are_not():
+    rng = np.random.default_rng(0)
+    good = 0.9 + 0.02 * rng.standard_normal(30)
+    worse = good - 0.05 + 0.01 * rng.standard_normal(30)
+    rows = rows_for("good", good) + rows_for("worse", worse) + rows_for("same", good)
+    table = {r["architecture"]: r for r in stats.statistics_rows(rows)}
+    best = table["good"] if "reference" not in table["good"] else table["same"]
+    assert best.get("reference") is None
+    worse_row = table["worse"]
+    assert worse_row["significant"]
+    assert worse_row["ci_low"] < worse_row["median_difference"] < worse_row["ci_high"] < 0
+    expected = scipy_stats.wilcoxon(worse - good).pvalue
+    assert worse_row["p_value"] == pytest.approx(expected)
+    tie = table["same"] if best is table["good"] else table["good"]
+    assert tie["p_value"] == 1.0 and not tie["significant"]
+
+
+def test_bootstrap_is_seeded_and_covers_the_median():
+    differences = np.random.default_rng(1).normal(-0.02, 0.01, 40)
+    first = stats.bootstrap_median_ci(differences, resamples=2000)
+    assert first == stats.bootstrap_median_ci(differences, resamples=2000)
+    assert first[0] <= np.median(differences) <= first[1]
+
+
+def test_mean_ranks_average_ties():
+    scores = {"a": {("0", "x"): 0.9, ("0", "y"): 0.5}, "b": {("0", "x"): 0.8, ("0", "y"): 0.5}}
+    assert stats.mean_ranks(scores) == {"a": 1.25, "b": 1.75}
+
+
+def test_seeds_are_averaged_per_image_before_pairing():
+    rows = rows_for("a", [0.8, 0.6], seed=0) + rows_for("a", [1.0, 0.8], seed=1)
+    scores = stats.image_scores(rows)
+    assert scores["a"] == {("0", "000"): pytest.approx(0.9), ("0", "001"): pytest.approx(0.7)}
+    level = stats.run_level(rows)["a"]
+    assert level["runs"] == 2 and level["images"] == 4
+    assert level["run_mean"] == pytest.approx(0.8)
+    assert level["run_sem"] == pytest.approx(np.std([0.7, 0.9], ddof=1) / np.sqrt(2))
