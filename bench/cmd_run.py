@@ -17,8 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Train every (architecture, seed, fold) cell with one common loop and write "
             "config.json, history.csv, per_image.csv, summary.csv, report.md and figures. "
+            "The same command with the same --out resumes an interrupted run. "
             "Exit status: 0 all cells ok, 1 some cell failed (recorded in the results), "
-            "2 bad input."
+            "2 bad input, 130 interrupted (Ctrl-C or SIGTERM; the message says how to resume)."
         ),
     )
     # Every flag defaults to None so that a --config file fills what was not given.
@@ -77,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from bench.suite import run_suite
+    from bench.suite import SuiteInterrupted, run_suite
 
     values = {
         key: getattr(args, key)
@@ -109,7 +110,15 @@ def run_command(args: argparse.Namespace) -> int:
     values["seeds"] = tuple(args.seeds) if args.seeds else None
     values["plugins"] = tuple(args.plugins) if args.plugins else None
     config = build_config(values, args.config)
-    outcome = run_suite(config, argv=sys.argv[1:] if args.argv is None else args.argv)
+    try:
+        outcome = run_suite(config, argv=sys.argv[1:] if args.argv is None else args.argv)
+    except SuiteInterrupted as stopped:
+        print(
+            f"bench: interrupted; finished cells are in {stopped.out_dir}. Resume with:\n"
+            f"  {stopped.command}",
+            file=sys.stderr,
+        )
+        return 130
     print(f"results: {outcome.out_dir}/report.md")
     if outcome.failed:
         names = ", ".join(sorted({c.architecture for c in outcome.failed}))

@@ -14,6 +14,8 @@ Layout (``RUN_DIR/``)::
     truth/<image_id>.png, inputs/<image_id>.png ground truth and inputs of the test images
                        (inputs only for the images shown in predictions.png)
     checkpoints/<architecture>_seed<S>_fold<F>.pt   final weights (torch.load(weights_only=True))
+    resume/<architecture>_seed<S>_fold<F>.pt   epoch checkpoint of a cell in progress (model,
+                       optimiser, history, RNG states; weights_only), deleted when it completes
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
 crash at any moment leaves either the old or the new file, never half of one.

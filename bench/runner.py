@@ -21,11 +21,13 @@ Accounting, so numbers mean the same for every architecture:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import random
 import resource
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -49,6 +51,19 @@ BCE_EPSILON = 1e-7  # Keras's clipping of probabilities in binary_crossentropy
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class CellInterrupted(BaseException):
+    """A stop was requested (Ctrl-C, SIGTERM): the cell stops after its current batch.
+
+    A BaseException, like KeyboardInterrupt, so that train_cell's failure isolation does
+    not record it as a failed cell: the cell resumes from its epoch checkpoint instead.
+    """
+
+
+# Test-only hook called after each epoch's checkpoint is written: (result, epoch) -> None.
+# Tests set it to raise CellInterrupted to simulate a cut at an exact epoch.
+_after_epoch_hook: Callable[[CellResult, int], None] | None = None
 
 
 def select_device(name: str) -> torch.device:
@@ -141,8 +156,16 @@ def to_tensor_images(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The augmenter's seed for one epoch, so a resumed cell sees the same augmentations."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
 def make_augmenter(seed: int) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Online training augmentation of the clean protocol (albumentations, seeded)."""
+    """Online training augmentation of the clean protocol (albumentations, seeded).
+
+    The returned function has ``reseed(seed)``; the runner reseeds it at every epoch.
+    """
     import albumentations as A
 
     transform = A.Compose(
@@ -164,6 +187,7 @@ def make_augmenter(seed: int) -> Callable[[np.ndarray, np.ndarray], tuple[np.nda
             out_labels[i] = result["mask"]
         return out_images, out_labels
 
+    augment.reseed = transform.set_random_seed  # type: ignore[attr-defined]
     return augment
 
 
@@ -248,25 +272,103 @@ def train_cell(
     settings: CellSettings,
     device: torch.device,
     class_metrics: dict[str, tuple[int, ...]] = metrics.WBC_METRIC_CLASSES,
+    checkpoint: Path | None = None,
+    stop: threading.Event | None = None,
 ) -> CellResult:
-    """Train and measure one (architecture, seed, fold); never raises for model failures."""
-    result = CellResult(
-        architecture, seed, fold, epochs=settings.epochs, batch_size=settings.batch_size
-    )
+    """Train and measure one (architecture, seed, fold); never raises for model failures.
+
+    ``checkpoint``: the cell's resume file, written after every epoch and deleted when the
+    cell completes; when it exists the cell continues from it. ``stop``: when set, the cell
+    stops after its current batch by raising :class:`CellInterrupted`. Out of memory is
+    retried once with half the batch size (``result.batch_size`` says which was used).
+    """
     started = time.perf_counter()
-    try:
-        _train(result, split, settings, device, class_metrics)
-    except Exception as error:  # noqa: BLE001 - one architecture failing must not stop the suite
-        result.status = "failed"
-        result.error = f"{type(error).__name__}: {error}"
-        result.predictions = None
-        if not isinstance(error, NonFiniteLoss):
-            traceback.print_exc(file=sys.stderr)
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    batch_size = settings.batch_size
+    if checkpoint is not None and checkpoint.is_file():
+        # A checkpoint of the out-of-memory retry continues with the retry's batch size.
+        batch_size = int(load_resume_state(checkpoint)["batch_size"])
+    while True:
+        result = CellResult(architecture, seed, fold, epochs=settings.epochs, batch_size=batch_size)
+        try:
+            _train(
+                result,
+                split,
+                dataclasses.replace(settings, batch_size=batch_size),
+                device,
+                class_metrics,
+                checkpoint,
+                stop,
+            )
+        except torch.cuda.OutOfMemoryError as error:
+            result.status = "failed"
+            result.error = f"{type(error).__name__}: {error}"
+            result.predictions = None
+            result.model_state = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch_size == settings.batch_size and batch_size > 1:
+                batch_size = max(1, batch_size // 2)
+                print(
+                    f"{architecture} (seed {seed}): out of memory; retrying with batch size "
+                    f"{batch_size}",
+                    file=sys.stderr,
+                )
+                if checkpoint is not None:
+                    checkpoint.unlink(missing_ok=True)  # its epochs used the other batch size
+                continue
+        except Exception as error:  # noqa: BLE001 - one architecture failing must not stop the suite
+            result.status = "failed"
+            result.error = f"{type(error).__name__}: {error}"
+            result.predictions = None
+            if not isinstance(error, NonFiniteLoss):
+                traceback.print_exc(file=sys.stderr)
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        break
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # the cell is complete (ok or failed)
     result.total_seconds = time.perf_counter() - started
     return result
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every RNG the loop draws from, as tensors/ints/lists (torch.load weights_only)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_resume_state(path: Path) -> dict[str, Any]:
+    """Read a cell's resume checkpoint (weights_only: no pickled code is ever run)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _save_resume_state(path: Path, state: dict[str, Any]) -> None:
+    from bench.results import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _train(
@@ -275,6 +377,8 @@ def _train(
     settings: CellSettings,
     device: torch.device,
     class_metrics: dict[str, tuple[int, ...]],
+    checkpoint: Path | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
     from tqdm.auto import tqdm
 
@@ -301,25 +405,40 @@ def _train(
     if not augment:
         train_tensor = to_tensor_images(train_images)
     generator = torch.Generator().manual_seed(result.seed)
+    train_seconds = 0.0
+    first_epoch = 1
+    if checkpoint is not None and checkpoint.is_file():
+        state = load_resume_state(checkpoint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], generator)
+        result.history = list(state["history"])
+        train_seconds = float(state["train_seconds"])
+        first_epoch = int(state["epoch"]) + 1
+        last_train, last_test = result.history[-2], result.history[-1]
+        result.train_loss, result.train_accuracy = last_train["loss"], last_train["accuracy"]
+        result.test_loss, result.test_accuracy = last_test["loss"], last_test["accuracy"]
     # A final batch of one image breaks batch norm after global pooling (PSPNet, PAN,
     # DeepLab, UPerNet): drop that single image for the epoch; shuffling varies which.
     n_images = len(split.train)
     n_train = n_images - 1 if n_images % settings.batch_size == 1 and n_images > 1 else n_images
-    train_seconds = 0.0
     label = f"{result.architecture} s{result.seed}" + (
         f" f{result.fold}" if result.fold is not None else ""
     )
     epochs = tqdm(
-        range(1, settings.epochs + 1),
+        range(first_epoch, settings.epochs + 1),
         desc=label,
         unit="epoch",
         disable=not settings.progress,
         leave=False,
     )
+    predictions = None
     for epoch in epochs:
         epoch_start = time.perf_counter()
         synchronize(device)
         model.train()
+        if augment:
+            augment.reseed(epoch_seed(result.seed, epoch))  # type: ignore[attr-defined]
         order = torch.randperm(n_images, generator=generator)[:n_train]
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
@@ -348,6 +467,9 @@ def _train(
             c, v = pixel_correct(logits.detach(), y)
             correct += c
             valid += v
+            if stop is not None and stop.is_set():
+                # The epoch in progress is dropped; the last epoch checkpoint is the record.
+                raise CellInterrupted()
         synchronize(device)
         train_time = time.perf_counter() - epoch_start
         train_seconds += train_time
@@ -385,7 +507,29 @@ def _train(
         epochs.set_postfix(loss=f"{train_loss:.4f}", test_acc=f"{test_accuracy:.4f}")
         result.train_loss, result.train_accuracy = train_loss, train_accuracy
         result.test_loss, result.test_accuracy = test_loss, test_accuracy
+        if checkpoint is not None:
+            _save_resume_state(
+                checkpoint,
+                {
+                    "architecture": result.architecture,
+                    "seed": result.seed,
+                    "fold": result.fold,
+                    "epoch": epoch,
+                    "batch_size": settings.batch_size,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "history": result.history,
+                    "train_seconds": train_seconds,
+                    "rng": _rng_state(generator),
+                },
+            )
+        if _after_epoch_hook is not None:
+            _after_epoch_hook(result, epoch)
 
+    if predictions is None:  # cut after the last epoch's checkpoint: measure the weights
+        _, _, predictions = evaluate(
+            model, test_images, test_labels, settings.loss, settings.batch_size, device
+        )
     result.train_seconds = train_seconds
     result.images_per_second = n_train * settings.epochs / train_seconds if train_seconds else None
     result.peak_memory_mb = peak_memory_mb(device)

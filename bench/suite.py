@@ -1,16 +1,24 @@
 """Run a suite (architectures × seeds × folds) and write the run directory as it goes.
 
-Results are written after every cell, atomically, so an interrupted suite loses at most
-the cell in progress. Reports are rendered at the end by :mod:`bench.report` from the data
-files alone (``bench report RUN_DIR`` does the same later).
+Results are written after every cell, atomically, and the cell in progress writes an epoch
+checkpoint under ``resume/``, so an interrupted suite loses at most the epoch in progress:
+the same command with the same ``--out`` resumes it. SIGINT/SIGTERM stop the suite after
+the current batch (:class:`SuiteInterrupted`; ``bench run`` exits 130). Reports are
+rendered at the end by :mod:`bench.report` from the data files alone (``bench report
+RUN_DIR`` does the same later).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import shlex
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +39,13 @@ from bench.results import (
     PER_IMAGE_COLUMNS,
     SUMMARY_COLUMNS,
     prepare_out_dir,
+    read_csv,
+    read_json,
     write_csv,
     write_json,
 )
 from bench.runner import (
+    CellInterrupted,
     CellResult,
     CellSettings,
     resolve_architectures,
@@ -58,6 +69,151 @@ class SuiteOutcome:
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
+
+
+class SuiteInterrupted(Exception):
+    """The suite stopped on a signal; what finished is written and ``command`` resumes it."""
+
+    def __init__(self, out_dir: Path, command: str) -> None:
+        super().__init__(f"interrupted; resume with: {command}")
+        self.out_dir = out_dir
+        self.command = command
+
+
+# Keys of the resolved config that may differ between a run and its resumption: they do
+# not change any result.
+RESUME_IGNORED_KEYS = ("out", "progress", "config")
+
+
+def _comparable(resolved: dict[str, Any]) -> dict[str, Any]:
+    # Through JSON, as config.json stores it (tuples become lists); plugin order is free.
+    values = json.loads(json.dumps(resolved))
+    for key in RESUME_IGNORED_KEYS:
+        values.pop(key, None)
+    values["plugins"] = sorted(values.get("plugins") or [])
+    return values
+
+
+def check_resumable(out_dir: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
+    """The earlier config.json of ``out_dir`` if it can be resumed with ``resolved``.
+
+    ``None`` when there is no earlier run; a ConfigError when it was written by another
+    format version or with a different configuration (naming the differing keys).
+    """
+    path = out_dir / "config.json"
+    if not path.is_file():
+        return None
+    old = read_json(path)
+    if old.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(
+            f"--out {out_dir}: written by an incompatible version of bench (format_version "
+            f"{old.get('format_version')!r}, this version writes {FORMAT_VERSION}); "
+            "use another --out"
+        )
+    before, now = _comparable(old.get("config") or {}), _comparable(resolved)
+    differing = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if differing:
+        details = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in differing)
+        raise ConfigError(
+            f"--out {out_dir} holds a run with a different configuration ({details}); "
+            "rerun its command or use another --out"
+        )
+    return old
+
+
+def _int_or_none(text: str) -> int | None:
+    return None if text in ("", None) else int(text)
+
+
+def _float_or_none(text: str) -> float | None:
+    return None if text in ("", None) else float(text)
+
+
+def _cell_key(architecture: str, seed: Any, fold: Any) -> tuple[str, int, int | None]:
+    return architecture, int(seed), _int_or_none(fold) if isinstance(fold, str) else fold
+
+
+def load_done_cells(out_dir: Path) -> dict[tuple[str, int, int | None], CellResult]:
+    """Completed cells (ok or failed) of an earlier run, with their history/per-image rows."""
+    types = {f.name: f.type for f in dataclasses.fields(CellResult)}
+    history: dict[tuple[str, int, int | None], list[dict[str, Any]]] = {}
+    for row in read_csv(out_dir / "history.csv"):
+        typed = {
+            **row,
+            "seed": int(row["seed"]),
+            "fold": _int_or_none(row["fold"]),
+            "epoch": int(row["epoch"]),
+            **{k: _float_or_none(row[k]) for k in ("loss", "accuracy", "seconds")},
+        }
+        history.setdefault(_cell_key(row["architecture"], row["seed"], row["fold"]), []).append(
+            typed
+        )
+    per_image: dict[tuple[str, int, int | None], list[dict[str, Any]]] = {}
+    for row in read_csv(out_dir / "per_image.csv"):
+        typed = {
+            **row,
+            "seed": int(row["seed"]),
+            "fold": _int_or_none(row["fold"]),
+            **{k: _float_or_none(row[k]) for k in PER_IMAGE_COLUMNS[5:]},
+        }
+        per_image.setdefault(_cell_key(row["architecture"], row["seed"], row["fold"]), []).append(
+            typed
+        )
+    done = {}
+    for row in read_csv(out_dir / "cells.csv"):
+        if row.get("status") not in ("ok", "failed"):
+            continue
+        values: dict[str, Any] = {}
+        for column in CELL_COLUMNS:
+            text = row.get(column, "")
+            kind = str(types[column])
+            if column in ("architecture", "status", "error"):
+                values[column] = text
+            elif "int" in kind:
+                values[column] = _int_or_none(text)
+            else:
+                values[column] = _float_or_none(text)
+        key = _cell_key(row["architecture"], row["seed"], row["fold"])
+        done[key] = CellResult(
+            **values, history=history.get(key, []), per_image=per_image.get(key, [])
+        )
+    return done
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop`` (the loop stops after its batch); a second SIGINT raises.
+
+    The previous handlers are restored on exit. Outside the main thread (where Python
+    cannot install handlers) nothing is installed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        print(
+            f"\nbench: {signal.Signals(signum).name}: stopping after the current batch "
+            "(Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def resume_path(out_dir: Path, architecture: str, seed: int, fold: int | None) -> Path:
+    """The epoch checkpoint of a cell in progress (deleted when the cell completes)."""
+    name = f"{architecture}_seed{seed}_fold{'all' if fold is None else fold}.pt"
+    return out_dir / "resume" / name
 
 
 def utc_now() -> str:
@@ -114,7 +270,9 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
         raise ConfigError(
             f"--batch-size {batch_size} is larger than the training set ({smallest_train} images)"
         )
-    out_dir = prepare_out_dir(Path(config.out) if config.out else default_out_dir(protocol.name))
+    out_dir = Path(config.out) if config.out else default_out_dir(protocol.name)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: exists and is not a directory")
 
     resolved = {
         **config.to_dict(),
@@ -150,6 +308,15 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
         "started_utc": utc_now(),
         "finished_utc": None,
     }
+    # The same command with the same --out resumes: the finished cells are kept.
+    earlier = check_resumable(out_dir, resolved)
+    done = load_done_cells(out_dir) if earlier else {}
+    if earlier:
+        meta["command"] = earlier.get("command", meta["command"])
+        meta["started_utc"] = earlier.get("started_utc", meta["started_utc"])
+        meta["resumed_utc"] = [*earlier.get("resumed_utc", []), utc_now()]
+        print(f"resuming {out_dir}: {len(done)} cell(s) already done", file=sys.stderr)
+    prepare_out_dir(out_dir)
     write_json(out_dir / "config.json", meta)
     for split in splits.values():
         write_test_images(out_dir, split, dataset.palette)
@@ -167,30 +334,55 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
     cells: list[CellResult] = []
     history: list[dict[str, Any]] = []
     per_image: list[dict[str, Any]] = []
-    for name in names:
-        options = (
-            {"encoder": config.encoder} if architectures.get_spec(name).source == "smp" else {}
-        )
-        for seed in config.seeds:
-            for fold in folds:
-                cell = train_cell(
-                    name,
-                    seed,
-                    fold,
-                    splits[fold],
-                    dataclasses.replace(settings, options=options),
-                    device,
+
+    def write_rows() -> None:
+        write_csv(out_dir / "cells.csv", CELL_COLUMNS, (c.row() for c in cells))
+        write_csv(out_dir / "history.csv", HISTORY_COLUMNS, history)
+        write_csv(out_dir / "per_image.csv", PER_IMAGE_COLUMNS, per_image)
+
+    stop = threading.Event()
+    try:
+        with stop_on_signals(stop):
+            for name in names:
+                options = (
+                    {"encoder": config.encoder}
+                    if architectures.get_spec(name).source == "smp"
+                    else {}
                 )
-                cells.append(cell)
-                history.extend(cell.history)
-                per_image.extend(cell.per_image)
-                save_cell_outputs(
-                    out_dir, cell, splits[fold], dataset.palette, primary_seed=config.seeds[0]
-                )
-                write_csv(out_dir / "cells.csv", CELL_COLUMNS, (c.row() for c in cells))
-                write_csv(out_dir / "history.csv", HISTORY_COLUMNS, history)
-                write_csv(out_dir / "per_image.csv", PER_IMAGE_COLUMNS, per_image)
-                print(summary_line(cell), flush=True)
+                for seed in config.seeds:
+                    for fold in folds:
+                        cell = done.get((name, seed, fold))
+                        if cell is None:
+                            if stop.is_set():
+                                raise CellInterrupted()
+                            cell = train_cell(
+                                name,
+                                seed,
+                                fold,
+                                splits[fold],
+                                dataclasses.replace(settings, options=options),
+                                device,
+                                checkpoint=resume_path(out_dir, name, seed, fold),
+                                stop=stop,
+                            )
+                            save_cell_outputs(
+                                out_dir,
+                                cell,
+                                splits[fold],
+                                dataset.palette,
+                                primary_seed=config.seeds[0],
+                            )
+                            print(summary_line(cell), flush=True)
+                        cells.append(cell)
+                        history.extend(cell.history)
+                        per_image.extend(cell.per_image)
+                        write_rows()
+    except (CellInterrupted, KeyboardInterrupt):
+        write_rows()  # every finished cell; the cut one has its epoch checkpoint
+        command = meta["command"]
+        if not config.out:  # the default out dir is new each time: name this one
+            command += f" --out {shlex.quote(str(out_dir))}"
+        raise SuiteInterrupted(out_dir, command) from None
 
     from bench.aggregate import summarize
 
