@@ -1,10 +1,10 @@
 """Render a run directory's report from its data files. Never trains, never re-measures.
 
-``render_run(RUN_DIR)`` reads ``config.json``, ``summary.csv``, ``history.csv``,
-``per_image.csv`` and the saved label maps, and writes ``statistics.csv`` (derived from
-``per_image.csv`` by :mod:`bench.stats`), ``report.md``, ``curves_accuracy.png``,
-``curves_loss.png`` and ``predictions.png``. Rendering is deterministic: the same data
-files give the same ``report.md``, byte for byte.
+``render_run(RUN_DIR)`` reads ``config.json``, ``cells.csv``, ``history.csv``,
+``per_image.csv`` and the saved label maps, and writes the derived ``summary.csv``
+(:mod:`bench.aggregate`) and ``statistics.csv`` (:mod:`bench.stats`), then ``report.md``,
+``curves_accuracy.png``, ``curves_loss.png`` and ``predictions.png``. Rendering is
+deterministic: the same data files give the same ``report.md``, byte for byte.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from bench import stats
-from bench.results import atomic_write_text, read_csv, read_json, write_csv
+from bench.aggregate import summarize
+from bench.results import SUMMARY_COLUMNS, atomic_write_text, read_csv, read_json, write_csv
 
 #: Thesis model names (thesis_reference.csv) for our faithful rebuilds.
 THESIS_MODELS = {"unet_thesis": "U-Net", "segnet_basic": "SegNet", "deconvnet": "DeconvNet"}
@@ -509,6 +510,13 @@ def render_predictions(run_dir: Path) -> None:
 def render_run(run_dir: str | Path) -> Path:
     """(Re-)write report.md and the figures of a run directory from its data files."""
     run_dir = Path(run_dir)
+    # Derived data first, so a run cut off at any moment still gets a complete report of
+    # the cells that finished.
+    write_csv(
+        run_dir / "summary.csv",
+        SUMMARY_COLUMNS,
+        summarize(read_csv(run_dir / "cells.csv"), read_csv(run_dir / "per_image.csv")),
+    )
     write_csv(
         run_dir / "statistics.csv",
         stats.STATISTICS_COLUMNS,

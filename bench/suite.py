@@ -37,7 +37,6 @@ from bench.results import (
     FORMAT_VERSION,
     HISTORY_COLUMNS,
     PER_IMAGE_COLUMNS,
-    SUMMARY_COLUMNS,
     prepare_out_dir,
     read_csv,
     read_json,
@@ -384,14 +383,9 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
             command += f" --out {shlex.quote(str(out_dir))}"
         raise SuiteInterrupted(out_dir, command) from None
 
-    from bench.aggregate import summarize
-
-    write_csv(
-        out_dir / "summary.csv", SUMMARY_COLUMNS, summarize([c.row() for c in cells], per_image)
-    )
     meta["finished_utc"] = utc_now()
     write_json(out_dir / "config.json", meta)
-    report.render_run(out_dir)
+    report.render_run(out_dir)  # derives summary.csv and statistics.csv, then renders
     return SuiteOutcome(out_dir, cells)
 
 

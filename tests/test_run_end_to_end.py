@@ -173,10 +173,13 @@ def test_per_image_recomputes_from_saved_predictions(synthetic_run):
 def test_report_rerenders_byte_for_byte(synthetic_run, capsys):
     out, _ = synthetic_run
     original = (out / "report.md").read_bytes()
-    (out / "report.md").unlink()
-    (out / "predictions.png").unlink()
+    derived = {name: (out / name).read_bytes() for name in ("summary.csv", "statistics.csv")}
+    for name in ("report.md", "predictions.png", *derived):
+        (out / name).unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").read_bytes() == original
+    for name, content in derived.items():
+        assert (out / name).read_bytes() == content, name
     assert (out / "predictions.png").is_file()
 
 
