@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.config import DEVICES, LOSSES, build_config
+from bench.config import DEVICES, FIELD_TYPES, LOSSES, build_config
 from bench.errors import ConfigError
 
 
@@ -34,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--dataset", help="wbc1 | synthetic | folder:PATH (default synthetic)")
     run.add_argument("--data-dir", help="where datasets live (default $BENCH_DATA_DIR or cache)")
+    run.add_argument(
+        "--palette",
+        metavar="GREY:CLASS,...",
+        help="folder datasets: mask value to class index (default 0:0,128:1,255:2)",
+    )
     run.add_argument("--protocol", choices=("clean", "thesis"), help="default clean")
     run.add_argument("--fold", type=int, help="test fold of the clean protocol (default 0)")
     run.add_argument("--folds", choices=("all",), help="'all': run every fold")
@@ -80,32 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from bench.suite import SuiteInterrupted, run_suite
 
-    values = {
-        key: getattr(args, key)
-        for key in (
-            "all",
-            "dataset",
-            "data_dir",
-            "protocol",
-            "fold",
-            "folds",
-            "num_folds",
-            "split_seed",
-            "epochs",
-            "batch_size",
-            "lr",
-            "loss",
-            "width",
-            "encoder",
-            "device",
-            "deterministic",
-            "max_images",
-            "synthetic_count",
-            "synthetic_size",
-            "out",
-            "progress",
-        )
-    }
+    # Flags map one-to-one to RunConfig fields; list-valued ones are converted below.
+    values = {key: getattr(args, key) for key, kind in FIELD_TYPES.items() if kind is not tuple}
     values["architectures"] = tuple(args.architectures) or None
     values["seeds"] = tuple(args.seeds) if args.seeds else None
     values["plugins"] = tuple(args.plugins) if args.plugins else None

@@ -31,6 +31,7 @@ class RunConfig:
     all: bool = False  # every registered architecture
     dataset: str = "synthetic"  # wbc1 | synthetic | folder:PATH
     data_dir: str | None = None
+    palette: str | None = None  # folder datasets: "GREY:CLASS,..." e.g. "0:0,128:1,255:2"
     protocol: str = "clean"  # clean | thesis
     fold: int = 0
     folds: str = "one"  # "one" (just --fold) or "all"
@@ -62,6 +63,7 @@ FIELD_TYPES: dict[str, type] = {
     "all": bool,
     "dataset": str,
     "data_dir": str,
+    "palette": str,
     "protocol": str,
     "fold": int,
     "folds": str,
@@ -99,8 +101,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         return float(value)
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
         raise ConfigError(
-            f"{source}: {key!r} must be {expected.__name__}, got {type(value).__name__} "
-            f"({value!r})"
+            f"{source}: {key!r} must be {expected.__name__}, got {type(value).__name__} ({value!r})"
         )
     return value
 

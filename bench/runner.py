@@ -233,6 +233,7 @@ class CellSettings:
     options: dict[str, Any]
     deterministic: bool
     progress: bool
+    num_classes: int = 3
 
 
 def evaluate(
@@ -386,7 +387,7 @@ def _train(
     reset_peak_memory(device)
     model = architectures.build(
         result.architecture,
-        num_classes=3,
+        num_classes=settings.num_classes,
         in_channels=3,
         width=settings.width,
         **settings.options,

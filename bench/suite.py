@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 import architectures
-from bench import environment, report
+from bench import environment, metrics, report
 from bench.config import RunConfig
-from bench.data import SegmentationDataset, load_dataset
+from bench.data import WBC_CLASS_NAMES, SegmentationDataset, load_dataset, parse_palette
 from bench.errors import ConfigError, DataError
 from bench.protocols import ProtocolSplit, get_protocol
 from bench.results import (
@@ -224,6 +224,13 @@ def default_out_dir(protocol: str) -> Path:
     return Path("runs") / f"{stamp}_{protocol}"
 
 
+def metric_classes(class_names: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """The classes metrics are reported for: the WBC set (with whole cell), else each class."""
+    if tuple(class_names) == WBC_CLASS_NAMES:
+        return metrics.WBC_METRIC_CLASSES
+    return {name: (index,) for index, name in enumerate(class_names)}
+
+
 def load_suite_dataset(config: RunConfig) -> SegmentationDataset:
     dataset = load_dataset(
         config.dataset,
@@ -231,6 +238,7 @@ def load_suite_dataset(config: RunConfig) -> SegmentationDataset:
         synthetic_count=config.synthetic_count,
         synthetic_size=config.synthetic_size,
         seed=config.split_seed,
+        palette=parse_palette(config.palette) if config.palette else None,
     )
     if config.max_images is not None:
         dataset = dataclasses.replace(dataset, samples=dataset.samples[: config.max_images])
@@ -329,7 +337,9 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
         options={},
         deterministic=config.deterministic,
         progress=config.progress == "on" or (config.progress == "auto" and sys.stderr.isatty()),
+        num_classes=len(dataset.class_names),
     )
+    class_metrics = metric_classes(dataset.class_names)
     cells: list[CellResult] = []
     history: list[dict[str, Any]] = []
     per_image: list[dict[str, Any]] = []
@@ -361,6 +371,7 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
                                 splits[fold],
                                 dataclasses.replace(settings, options=options),
                                 device,
+                                class_metrics=class_metrics,
                                 checkpoint=resume_path(out_dir, name, seed, fold),
                                 stop=stop,
                             )

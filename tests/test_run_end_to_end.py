@@ -256,3 +256,40 @@ def test_real_images_clean_protocol_keeps_original_sizes(wbc_dir, tmp_path):
     sizes = {s.image_id: s.mask.shape for s in load_dataset("wbc1", wbc_dir).samples[:12]}
     for png in (out / "predictions" / "segnet_basic").glob("*.png"):
         assert np.asarray(Image.open(png)).shape == sizes[png.stem]
+
+
+def test_folder_dataset_with_its_own_palette(tmp_path):
+    """A user's binary data set: two classes from a 0/255 palette, metrics per class."""
+    folder = tmp_path / "mine"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        mask = np.zeros((48, 48), dtype=np.uint8)
+        mask[10 + i : 30 + i, 12:36] = 255
+        image = rng.integers(0, 60, (48, 48, 3), dtype=np.uint8)
+        image[mask == 255] += 150
+        Image.fromarray(image).save(folder / "images" / f"img{i}.png")
+        Image.fromarray(mask).save(folder / "masks" / f"img{i}.png")
+    out = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            "segnet_basic",
+            "--dataset",
+            f"folder:{folder}",
+            "--palette",
+            "0:0,255:1",
+            "--num-folds",
+            "2",
+            "--out",
+            str(out),
+            *TINY,
+        ]
+    )
+    assert code == 0
+    _, rows = read_rows(out / "per_image.csv")
+    assert {r["class"] for r in rows} == {"class0", "class1"}
+    assert len(rows) == 4 * 2
+    for png in (out / "predictions" / "segnet_basic").glob("*.png"):
+        assert set(np.unique(np.asarray(Image.open(png)))) <= {0, 255}
