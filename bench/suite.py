@@ -404,11 +404,13 @@ def summary_line(cell: CellResult) -> str:
     where = f"seed {cell.seed}" + (f", fold {cell.fold}" if cell.fold is not None else "")
     if cell.status != "ok":
         return f"{cell.architecture} ({where}): FAILED: {cell.error}"
-    nucleus = np.mean([r["dice"] for r in cell.per_image if r["class"] == "nucleus"])
-    cytoplasm = np.mean([r["dice"] for r in cell.per_image if r["class"] == "cytoplasm"])
+    classes = dict.fromkeys(r["class"] for r in cell.per_image)
+    dice = ", ".join(
+        f"{name} {np.mean([r['dice'] for r in cell.per_image if r['class'] == name]):.4f}"
+        for name in classes
+    )
     return (
-        f"{cell.architecture} ({where}): test acc {cell.test_accuracy:.4f}, "
-        f"Dice cytoplasm {cytoplasm:.4f}, nucleus {nucleus:.4f}, "
+        f"{cell.architecture} ({where}): test acc {cell.test_accuracy:.4f}, Dice {dice}, "
         f"train {cell.train_seconds:.1f} s ({cell.images_per_second:.1f} img/s)"
     )
 
