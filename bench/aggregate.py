@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from bench.metrics import mean_sem
-from bench.results import METRIC_CLASS_NAMES
+from bench.results import METRIC_CLASS_NAMES, RUN_MEASURES
 
 
 def _float(value: Any) -> float:
@@ -51,16 +51,7 @@ def summarize(
             "params": next((c["params"] for c in mine if c.get("params") not in (None, "")), None),
             "gflops": next((c["gflops"] for c in mine if c.get("gflops") not in (None, "")), None),
         }
-        for key in (
-            "train_seconds",
-            "total_seconds",
-            "images_per_second",
-            "peak_memory_mb",
-            "train_loss",
-            "train_accuracy",
-            "test_loss",
-            "test_accuracy",
-        ):
+        for key in RUN_MEASURES:
             row[key] = _mean(c.get(key) for c in ok)
         images = [r for r in per_image if r["architecture"] == name]
         for class_name in METRIC_CLASS_NAMES:

@@ -48,6 +48,17 @@ PER_IMAGE_COLUMNS = (
     "accuracy",
     "jaccard_legacy",
 )
+#: What one run measures; summary.csv averages each over an architecture's runs.
+RUN_MEASURES = (
+    "train_seconds",
+    "total_seconds",
+    "images_per_second",
+    "peak_memory_mb",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+)
 CELL_COLUMNS = (
     "architecture",
     "seed",
@@ -58,14 +69,7 @@ CELL_COLUMNS = (
     "gflops",
     "epochs",
     "batch_size",
-    "train_seconds",
-    "total_seconds",
-    "images_per_second",
-    "peak_memory_mb",
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
+    *RUN_MEASURES,
 )
 METRIC_CLASS_NAMES = ("background", "cytoplasm", "nucleus", "cell")
 SUMMARY_COLUMNS = (
@@ -75,14 +79,7 @@ SUMMARY_COLUMNS = (
     "runs",
     "params",
     "gflops",
-    "train_seconds",
-    "total_seconds",
-    "images_per_second",
-    "peak_memory_mb",
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
+    *RUN_MEASURES,
 ) + tuple(
     f"{cls}_{stat}"
     for cls in METRIC_CLASS_NAMES
