@@ -57,7 +57,8 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
         return "Apple MPS"
-    return f"CPU: {cpu_model()} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU: {cpu_model()} ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def describe(device: torch.device) -> dict[str, object]:
