@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from bench.errors import DataError
+from bench.results import atomic_write_png
 
 # Refuse to guess at missing bytes: a truncated file must raise, not load half-grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -125,4 +126,4 @@ def write_mask(
     classes = np.asarray(classes)
     if classes.size and int(classes.max()) >= len(palette):
         raise ValueError(f"class index {int(classes.max())} has no palette entry")
-    Image.fromarray(lut[classes.astype(np.uint8)]).save(path)
+    atomic_write_png(Path(path), lut[classes.astype(np.uint8)])

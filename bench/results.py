@@ -32,6 +32,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.errors import ConfigError
 
 FORMAT_VERSION = 1
@@ -104,6 +106,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_png(path: Path, array: np.ndarray) -> None:
+    """Encode a uint8 grey (H, W) or RGB (H, W, 3) array as PNG and write it atomically."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    """``torch.save`` through :func:`atomic_write_bytes` (checkpoints, resume states)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def format_value(value: Any) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import math
 import random
 import resource
@@ -38,7 +37,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 import architectures
 from bench import metrics
@@ -365,11 +363,9 @@ def load_resume_state(path: Path) -> dict[str, Any]:
 
 
 def _save_resume_state(path: Path, state: dict[str, Any]) -> None:
-    from bench.results import atomic_write_bytes
+    from bench.results import atomic_torch_save
 
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save(path, state)
 
 
 def _train(
@@ -564,17 +560,6 @@ def per_image_rows(
                 }
             )
     return rows
-
-
-def save_label_map(path: Path, labels: np.ndarray, palette: tuple[int, ...]) -> None:
-    """Write a label map as a grey PNG in the ground truth's own palette (e.g. 0/128/255)."""
-
-    from bench.results import atomic_write_bytes
-
-    grey = np.asarray(palette, dtype=np.uint8)[labels.astype(np.int64)]
-    buffer = io.BytesIO()
-    Image.fromarray(grey, mode="L").save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def resolve_architectures(config: RunConfig) -> list[str]:

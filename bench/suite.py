@@ -24,19 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 import architectures
 from bench import environment, metrics, report
 from bench.config import RunConfig
 from bench.data import WBC_CLASS_NAMES, SegmentationDataset, load_dataset, parse_palette
 from bench.errors import ConfigError, DataError
+from bench.images import write_mask
 from bench.protocols import ProtocolSplit, get_protocol
 from bench.results import (
     CELL_COLUMNS,
     FORMAT_VERSION,
     HISTORY_COLUMNS,
     PER_IMAGE_COLUMNS,
+    atomic_torch_save,
+    atomic_write_png,
     prepare_out_dir,
     read_csv,
     read_json,
@@ -48,7 +50,6 @@ from bench.runner import (
     CellResult,
     CellSettings,
     resolve_architectures,
-    save_label_map,
     select_device,
     train_cell,
 )
@@ -417,20 +418,12 @@ def summary_line(cell: CellResult) -> str:
 
 def write_test_images(out_dir: Path, split: ProtocolSplit, palette: tuple[int, ...]) -> None:
     """Ground truth of every test image (and inputs of the figure's images), original size."""
-    import io
-
-    from PIL import Image
-
-    from bench.results import atomic_write_bytes
-
     test = split.test
     for i, image_id in enumerate(test.image_ids):
         h, w = test.sizes[i]
-        save_label_map(out_dir / "truth" / f"{image_id}.png", test.labels[i, :h, :w], palette)
+        write_mask(out_dir / "truth" / f"{image_id}.png", test.labels[i, :h, :w], palette)
         if i < FIGURE_IMAGES:
-            buffer = io.BytesIO()
-            Image.fromarray(test.images[i, :h, :w]).save(buffer, format="PNG")
-            atomic_write_bytes(out_dir / "inputs" / f"{image_id}.png", buffer.getvalue())
+            atomic_write_png(out_dir / "inputs" / f"{image_id}.png", test.images[i, :h, :w])
 
 
 def save_cell_outputs(
@@ -448,20 +441,17 @@ def save_cell_outputs(
         folder = folder / f"seed-{cell.seed}"
     for i, image_id in enumerate(split.test.image_ids):
         h, w = split.test.sizes[i]
-        save_label_map(folder / f"{image_id}.png", cell.predictions[i, :h, :w], palette)
+        write_mask(folder / f"{image_id}.png", cell.predictions[i, :h, :w], palette)
     if cell.model_state is not None:
         fold = "all" if cell.fold is None else cell.fold
         path = out_dir / "checkpoints" / f"{cell.architecture}_seed{cell.seed}_fold{fold}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(
+        atomic_torch_save(
+            path,
             {
                 "architecture": cell.architecture,
                 "seed": cell.seed,
                 "fold": cell.fold,
                 "state_dict": cell.model_state,
             },
-            tmp,
         )
-        tmp.replace(path)
         cell.model_state = None  # free memory; the file is the record
