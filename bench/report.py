@@ -144,7 +144,9 @@ def methods_paragraph(meta: dict[str, Any]) -> str:
     )
 
 
-def render_markdown(run_dir: Path) -> str:
+def render_markdown(run_dir: Path, statistics: list[dict[str, Any]] | None = None) -> str:
+    """report.md's text; ``statistics`` are :func:`bench.stats.statistics_rows` of the run
+    (computed from per_image.csv when not given)."""
     meta = read_json(run_dir / "config.json")
     summary = read_csv(run_dir / "summary.csv")
     per_image = read_csv(run_dir / "per_image.csv")
@@ -271,7 +273,9 @@ def render_markdown(run_dir: Path) -> str:
         "",
     ]
 
-    out += statistics_section(per_image)
+    if statistics is None:
+        statistics = stats.statistics_rows(per_image)
+    out += statistics_section(statistics)
 
     out += ["## Training time and cost", ""]
     table = Table(
@@ -354,9 +358,8 @@ def _p(value: float | None) -> str:
     return "< 0.0001" if value < 1e-4 else f"{value:.4f}"
 
 
-def statistics_section(per_image: list[dict[str, str]]) -> list[str]:
+def statistics_section(rows: list[dict[str, Any]]) -> list[str]:
     """The paired comparison and ranking, when more than one architecture has results."""
-    rows = stats.statistics_rows(per_image)
     if len(rows) < 2:
         return []
     table = Table(
@@ -512,17 +515,15 @@ def render_run(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     # Derived data first, so a run cut off at any moment still gets a complete report of
     # the cells that finished.
+    per_image = read_csv(run_dir / "per_image.csv")
     write_csv(
         run_dir / "summary.csv",
         SUMMARY_COLUMNS,
-        summarize(read_csv(run_dir / "cells.csv"), read_csv(run_dir / "per_image.csv")),
+        summarize(read_csv(run_dir / "cells.csv"), per_image),
     )
-    write_csv(
-        run_dir / "statistics.csv",
-        stats.STATISTICS_COLUMNS,
-        stats.statistics_rows(read_csv(run_dir / "per_image.csv")),
-    )
-    atomic_write_text(run_dir / "report.md", render_markdown(run_dir))
+    statistics = stats.statistics_rows(per_image)  # the bootstrap is the costly part: once
+    write_csv(run_dir / "statistics.csv", stats.STATISTICS_COLUMNS, statistics)
+    atomic_write_text(run_dir / "report.md", render_markdown(run_dir, statistics))
     render_curves(run_dir, "accuracy")
     render_curves(run_dir, "loss")
     render_predictions(run_dir)
