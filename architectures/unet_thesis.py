@@ -16,7 +16,8 @@ Faithfulness details reproduced (they matter for the parameter count and for whi
 what): Keras ``padding='same'`` for the even 2x2 kernels pads one row/column at the bottom/right
 only (done explicitly with ``ZeroPad2d``; PyTorch's ``padding='same'`` does the same but warns);
 Keras ``Conv2DTranspose(padding='same')`` outputs ``input * stride`` pixels: with kernel 2 /
-stride 3 the last row/column receives no kernel tap (bias only; PyTorch ``output_padding=1``),
+stride 3 every third row/column (indices 2, 5, 8, ...) receives no kernel tap, only the bias
+(PyTorch gives the same; ``output_padding=1`` supplies the last one),
 with kernel 3 / stride 2 the full transposed output is cropped at the bottom/right (TF drops
 ``(k - s) // 2`` leading and the rest trailing pixels). Every conv has a bias; kernels are
 Glorot-uniform, biases zero; BatchNorm uses Keras' momentum 0.99 / eps 1e-3 (PyTorch
@@ -74,7 +75,8 @@ class KerasSameConvTranspose2d(nn.Module):
 
     TF's transposed conv is the gradient of a 'same' strided conv, so its output pixel ``y`` is
     the full transposed output's pixel ``y + (k - s) // 2`` (when ``k > s``); when ``k < s`` the
-    last ``s - k`` pixels get no kernel tap, only the bias (PyTorch's ``output_padding``).
+    last ``s - k`` pixels of every stride period get no kernel tap, only the bias (the very
+    last ones come from PyTorch's ``output_padding``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int):

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.config import DEVICES, FIELD_TYPES, LOSSES, build_config
+from bench.config import AMP_MODES, DEVICES, EXECUTORS, FIELD_TYPES, LOSSES, SWITCHES, build_config
 from bench.errors import ConfigError
 
 
@@ -72,6 +72,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--progress", choices=("auto", "on", "off"), help="progress bars (auto: only on a terminal)"
     )
+    speed = run.add_argument_group("speed (each may move results within floating-point noise)")
+    speed.add_argument(
+        "--amp",
+        choices=AMP_MODES,
+        help="mixed precision, loss in fp32 (default auto: bf16 on CUDA, off elsewhere)",
+    )
+    speed.add_argument(
+        "--channels-last",
+        choices=SWITCHES,
+        help="channels-last memory format (default auto: on for CUDA and CPU convolutions)",
+    )
+    speed.add_argument(
+        "--compile", action="store_true", default=None, help="torch.compile each model"
+    )
+    scale = run.add_argument_group("executor (where cells run; results do not depend on it)")
+    scale.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        help="local (default): one cell after another here; ray: each cell a Ray task",
+    )
+    scale.add_argument(
+        "--ray-address", metavar="ADDR", help="existing Ray cluster (default: start a local one)"
+    )
+    scale.add_argument("--cpus-per-task", type=float, help="CPUs a Ray cell asks for (default 1)")
+    scale.add_argument("--gpus-per-task", type=float, help="GPUs a Ray cell asks for (default 0)")
     run.add_argument("--config", metavar="FILE.toml", help="TOML file with the same keys")
     run.set_defaults(func=run_command)
 

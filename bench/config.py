@@ -23,6 +23,9 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOSSES = ("bce", "cross_entropy")
+EXECUTORS = ("local", "ray")
+AMP_MODES = ("auto", "off", "bf16", "fp16")  # auto: bf16 on CUDA, off elsewhere
+SWITCHES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,16 @@ class RunConfig:
     out: str | None = None
     plugins: tuple[str, ...] = ()
     progress: str = "auto"  # auto (bars on a terminal only) | on | off
+    # Speed options; each can change results within floating-point noise, so a resumed run
+    # must use the same ones.
+    amp: str = "auto"  # mixed precision: auto (bf16 on CUDA, off elsewhere) | off | bf16 | fp16
+    channels_last: str = "auto"  # memory format of activations: auto | on | off
+    compile: bool = False  # torch.compile the model
+    # Where cells run; placement only, results do not depend on it (resume may switch).
+    executor: str = "local"  # local | ray
+    ray_address: str | None = None  # an existing Ray cluster; None starts a local one
+    cpus_per_task: float = 1.0  # Ray resource request of one cell
+    gpus_per_task: float = 0.0
     config: str | None = field(default=None, compare=False)  # the TOML file read, if any
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +97,13 @@ FIELD_TYPES: dict[str, type] = {
     "out": str,
     "plugins": tuple,
     "progress": str,
+    "amp": str,
+    "channels_last": str,
+    "compile": bool,
+    "executor": str,
+    "ray_address": str,
+    "cpus_per_task": float,
+    "gpus_per_task": float,
 }
 assert set(FIELD_TYPES) == {f.name for f in fields(RunConfig)} - {"config"}
 
@@ -165,5 +185,21 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"--seeds has duplicates: {list(config.seeds)}")
     if config.progress not in ("auto", "on", "off"):
         raise ConfigError(f"--progress must be auto, on or off (got {config.progress!r})")
+    if config.amp not in AMP_MODES:
+        raise ConfigError(f"--amp must be one of {', '.join(AMP_MODES)} (got {config.amp!r})")
+    if config.channels_last not in SWITCHES:
+        raise ConfigError(
+            f"--channels-last must be auto, on or off (got {config.channels_last!r})"
+        )
+    if config.executor not in EXECUTORS:
+        raise ConfigError(
+            f"--executor must be one of {', '.join(EXECUTORS)} (got {config.executor!r})"
+        )
+    if not (config.cpus_per_task > 0 and math.isfinite(config.cpus_per_task)):
+        raise ConfigError(f"--cpus-per-task must be positive (got {config.cpus_per_task})")
+    if not (config.gpus_per_task >= 0 and math.isfinite(config.gpus_per_task)):
+        raise ConfigError(f"--gpus-per-task must be 0 or more (got {config.gpus_per_task})")
+    if config.executor != "ray" and config.ray_address is not None:
+        raise ConfigError("--ray-address needs --executor ray")
     if not config.architectures and not config.all:
         raise ConfigError("name at least one architecture (or a pattern), or pass --all")

@@ -16,8 +16,9 @@ are optimistic. :attr:`ProtocolSplit.leaked_test_images` counts them. The thesis
 seeded k folds (default 5; ``fold`` picks the test fold); images smaller than the largest
 size are padded (bottom/right, zeros) to it and the padded pixels are excluded from loss and
 metrics (label ``IGNORE_INDEX``); online training augmentation (flips, 90° rotations, mild
-colour jitter; albumentations), none at test time; multi-class cross-entropy; the same
-optimiser budget as the thesis (Adam 1e-4, batch 20, 30 epochs) so that results compare.
+colour jitter; batched on the training device by :mod:`bench.augment`), none at test time;
+multi-class cross-entropy; the same optimiser budget as the thesis (Adam 1e-4, batch 20,
+30 epochs) so that results compare.
 """
 
 from __future__ import annotations

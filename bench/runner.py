@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 import architectures
 from bench import metrics
+from bench.augment import BatchAugmenter
 from bench.config import RunConfig
 from bench.errors import ConfigError
 from bench.protocols import IGNORE_INDEX, ProtocolSplit, SplitArrays
@@ -154,39 +155,53 @@ def to_tensor_images(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def to_device_uint8(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, 3) → uint8 (N, 3, H, W) on the device: a quarter of float's memory."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def model_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A uint8 (B, 3, H, W) batch → float32 scaled by 1/255 (the same values as the thesis)."""
+    x = images.float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The augmenter's seed for one epoch, so a resumed cell sees the same augmentations."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def make_augmenter(seed: int) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Online training augmentation of the clean protocol (albumentations, seeded).
+@dataclass(frozen=True)
+class SpeedOptions:
+    """The speed options of a cell, resolved for its device."""
 
-    The returned function has ``reseed(seed)``; the runner reseeds it at every epoch.
-    """
-    import albumentations as A
+    amp_dtype: torch.dtype | None  # autocast dtype of the forward pass; None: fp32
+    channels_last: bool
+    compile: bool
 
-    transform = A.Compose(
-        [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.RandomRotate90(p=1.0),
-            A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, p=0.5),
-        ],
-        seed=seed,
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.amp_dtype)
+
+
+def resolve_speed(
+    amp: str, channels_last: str, compile_model: bool, device: torch.device
+) -> SpeedOptions:
+    """``auto``: bf16 autocast on CUDA only (on CPU it is opt-in: it is slower on most
+    CPUs without bf16 matrix units); channels-last on CUDA and CPU (cuDNN's and oneDNN's
+    fast convolution layout), not on MPS."""
+    dtypes = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if amp == "auto":
+        amp_dtype = torch.bfloat16 if device.type == "cuda" else None
+    else:
+        amp_dtype = dtypes[amp]
+    if amp_dtype is torch.float16 and device.type != "cuda":
+        raise ConfigError(f"--amp fp16 needs a CUDA device (this cell runs on {device.type})")
+    use_channels_last = (
+        device.type in ("cuda", "cpu") if channels_last == "auto" else channels_last == "on"
     )
-
-    def augment(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out_images = np.empty_like(images)
-        out_labels = np.empty_like(labels)
-        for i in range(len(images)):
-            result = transform(image=images[i], mask=labels[i])
-            out_images[i] = result["image"]
-            out_labels[i] = result["mask"]
-        return out_images, out_labels
-
-    augment.reseed = transform.set_random_seed  # type: ignore[attr-defined]
-    return augment
+    return SpeedOptions(amp_dtype, use_channels_last, compile_model)
 
 
 @dataclass
@@ -232,6 +247,9 @@ class CellSettings:
     deterministic: bool
     progress: bool
     num_classes: int = 3
+    amp: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
 
 
 def evaluate(
@@ -241,8 +259,15 @@ def evaluate(
     loss_name: str,
     batch_size: int,
     device: torch.device,
-) -> tuple[float, float, np.ndarray]:
-    """Test loss and pixel accuracy (eval mode) and the predicted label maps."""
+    speed: SpeedOptions | None = None,
+    keep_predictions: bool = True,
+) -> tuple[float, float, np.ndarray | None]:
+    """Test loss and pixel accuracy (eval mode) and, if asked, the predicted label maps.
+
+    ``images``: uint8 (N, 3, H, W) and ``labels`` (N, H, W), best already on the device.
+    The sums stay on the device; the host reads them once at the end.
+    """
+    speed = speed or SpeedOptions(None, False, False)
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -252,15 +277,19 @@ def evaluate(
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device, non_blocking=True)
             y = labels[start : start + batch_size].to(device, non_blocking=True)
-            logits = model(x)
+            with speed.autocast(device):
+                logits = model(model_input(x, speed.channels_last))
             loss_sum += compute_loss(loss_name, logits, y) * len(x)
             c, v = pixel_correct(logits, y)
             correct += c
             valid += v
-            predictions.append(logits.argmax(dim=1).cpu())
+            if keep_predictions:
+                predictions.append(logits.argmax(dim=1))
     loss = loss_sum.item() / max(len(images), 1)
     accuracy = correct.item() / max(valid.item(), 1)
-    return loss, accuracy, torch.cat(predictions).numpy()
+    if not keep_predictions:
+        return loss, accuracy, None
+    return loss, accuracy, torch.cat(predictions).cpu().numpy()
 
 
 def train_cell(
@@ -381,6 +410,9 @@ def _train(
 
     seed_everything(result.seed, settings.deterministic)
     reset_peak_memory(device)
+    speed = resolve_speed(settings.amp, settings.channels_last, settings.compile, device)
+    if device.type == "cuda" and not settings.deterministic:
+        torch.backends.cudnn.benchmark = True  # input shapes are fixed within a cell
     model = architectures.build(
         result.architecture,
         num_classes=settings.num_classes,
@@ -392,15 +424,21 @@ def _train(
     result.params = architectures.count_parameters(model)
     result.gflops = architectures.forward_gflops(model, size=(height, width))
     model.to(device)
+    if speed.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    # fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op).
+    scaler = torch.amp.GradScaler(device.type, enabled=speed.amp_dtype is torch.float16)
+    # The compiled module shares the parameters; state_dicts are taken from ``model``.
+    forward = torch.compile(model) if speed.compile else model
 
-    train_images = split.train.images  # uint8, augmented per batch when the protocol asks
-    train_labels = torch.from_numpy(split.train.labels)
-    test_images = to_tensor_images(split.test.images)
-    test_labels = torch.from_numpy(split.test.labels)
-    augment = make_augmenter(result.seed) if split.augment else None
-    if not augment:
-        train_tensor = to_tensor_images(train_images)
+    # The whole split lives on the device as uint8; batches are indexed there (no loader,
+    # no per-batch host copies). The clean protocol augments whole batches on the device.
+    train_images = to_device_uint8(split.train.images, device)
+    train_labels = torch.from_numpy(split.train.labels).to(device)
+    test_images = to_device_uint8(split.test.images, device)
+    test_labels = torch.from_numpy(split.test.labels).to(device)
+    augmenter = BatchAugmenter(square=height == width) if split.augment else None
     generator = torch.Generator().manual_seed(result.seed)
     train_seconds = 0.0
     first_epoch = 1
@@ -408,6 +446,8 @@ def _train(
         state = load_resume_state(checkpoint)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], generator)
         result.history = list(state["history"])
         train_seconds = float(state["train_seconds"])
@@ -434,9 +474,12 @@ def _train(
         epoch_start = time.perf_counter()
         synchronize(device)
         model.train()
-        if augment:
-            augment.reseed(epoch_seed(result.seed, epoch))  # type: ignore[attr-defined]
-        order = torch.randperm(n_images, generator=generator)[:n_train]
+        order = torch.randperm(n_images, generator=generator)[:n_train].to(device)
+        if augmenter is not None:
+            # Drawn from a generator seeded by (seed, epoch): a resumed cell redraws them.
+            augment_params = augmenter.draw(
+                torch.Generator().manual_seed(epoch_seed(result.seed, epoch)), n_train
+            ).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         valid = torch.zeros((), device=device, dtype=torch.long)
@@ -445,21 +488,19 @@ def _train(
             batches, desc=f"epoch {epoch}", unit="batch", disable=not settings.progress, leave=False
         ):
             index = order[start : start + settings.batch_size]
-            if augment:
-                images, labels = augment(
-                    train_images[index.numpy()], split.train.labels[index.numpy()]
-                )
-                x = to_tensor_images(images)
-                y = torch.from_numpy(labels.astype(np.int64))
-            else:
-                x, y = train_tensor[index], train_labels[index]
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            logits = model(x)
-            loss = compute_loss(settings.loss, logits, y)
+            x = train_images[index].float().div_(255.0)
+            y = train_labels[index]
+            if augmenter is not None:
+                x, y = augmenter.apply(x, y, augment_params[start : start + len(index)])
+            if speed.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with speed.autocast(device):
+                logits = forward(x)
+            loss = compute_loss(settings.loss, logits, y)  # in fp32 (compute_loss casts)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             loss_sum += loss.detach() * len(index)
             c, v = pixel_correct(logits.detach(), y)
             correct += c
@@ -474,8 +515,16 @@ def _train(
         train_accuracy = correct.item() / max(valid.item(), 1)
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}")
+        last_epoch = epoch == settings.epochs
         test_loss, test_accuracy, predictions = evaluate(
-            model, test_images, test_labels, settings.loss, settings.batch_size, device
+            forward,
+            test_images,
+            test_labels,
+            settings.loss,
+            settings.batch_size,
+            device,
+            speed,
+            keep_predictions=last_epoch,
         )
         base = {
             "architecture": result.architecture,
@@ -515,6 +564,7 @@ def _train(
                     "batch_size": settings.batch_size,
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
                     "history": result.history,
                     "train_seconds": train_seconds,
                     "rng": _rng_state(generator),
@@ -525,7 +575,7 @@ def _train(
 
     if predictions is None:  # cut after the last epoch's checkpoint: measure the weights
         _, _, predictions = evaluate(
-            model, test_images, test_labels, settings.loss, settings.batch_size, device
+            forward, test_images, test_labels, settings.loss, settings.batch_size, device, speed
         )
     result.train_seconds = train_seconds
     result.images_per_second = n_train * settings.epochs / train_seconds if train_seconds else None

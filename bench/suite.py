@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from bench import environment, metrics, report
 from bench.config import RunConfig
 from bench.data import WBC_CLASS_NAMES, SegmentationDataset, load_dataset, parse_palette
 from bench.errors import ConfigError, DataError
+from bench.executors import CellJob, check_executor, make_executor
 from bench.images import write_mask
 from bench.protocols import ProtocolSplit, get_protocol
 from bench.results import (
@@ -81,8 +82,16 @@ class SuiteInterrupted(Exception):
 
 
 # Keys of the resolved config that may differ between a run and its resumption: they do
-# not change any result.
-RESUME_IGNORED_KEYS = ("out", "progress", "config")
+# not change any result (where a cell runs is placement, not method).
+RESUME_IGNORED_KEYS = (
+    "out",
+    "progress",
+    "config",
+    "executor",
+    "ray_address",
+    "cpus_per_task",
+    "gpus_per_task",
+)
 
 
 def _comparable(resolved: dict[str, Any]) -> dict[str, Any]:
@@ -250,13 +259,15 @@ def load_suite_dataset(config: RunConfig) -> SegmentationDataset:
 
 def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
     """Train and measure every cell of the suite; return what happened."""
+    check_executor(config)
     for plugin in config.plugins:
         architectures.load_plugin_file(plugin)
     names = resolve_architectures(config)
     protocol = get_protocol(config.protocol)
     defaults = protocol.defaults
     dataset = load_suite_dataset(config)
-    device = select_device(config.device)
+    # Ray tasks pick their device on their worker; the driver itself only coordinates.
+    device = select_device(config.device if config.executor == "local" else "cpu")
 
     folds: list[int | None]
     if protocol.name == "thesis":
@@ -339,55 +350,52 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
         deterministic=config.deterministic,
         progress=config.progress == "on" or (config.progress == "auto" and sys.stderr.isatty()),
         num_classes=len(dataset.class_names),
+        amp=config.amp,
+        channels_last=config.channels_last,
+        compile=config.compile,
     )
     class_metrics = metric_classes(dataset.class_names)
-    cells: list[CellResult] = []
-    history: list[dict[str, Any]] = []
-    per_image: list[dict[str, Any]] = []
+    # Rows are written in suite order whatever order the executor finishes cells in, so a
+    # run's files do not depend on where its cells ran.
+    order = [(name, seed, fold) for name in names for seed in config.seeds for fold in folds]
+    finished = {key: done[key] for key in order if key in done}
+    jobs = [
+        CellJob(
+            name,
+            seed,
+            fold,
+            dataclasses.replace(settings, options=cell_options(config, name)),
+            resume_path(out_dir, name, seed, fold),
+        )
+        for name, seed, fold in order
+        if (name, seed, fold) not in done
+    ]
 
     def write_rows() -> None:
+        cells = [finished[key] for key in order if key in finished]
         write_csv(out_dir / "cells.csv", CELL_COLUMNS, (c.row() for c in cells))
-        write_csv(out_dir / "history.csv", HISTORY_COLUMNS, history)
-        write_csv(out_dir / "per_image.csv", PER_IMAGE_COLUMNS, per_image)
+        write_csv(out_dir / "history.csv", HISTORY_COLUMNS, (r for c in cells for r in c.history))
+        write_csv(
+            out_dir / "per_image.csv", PER_IMAGE_COLUMNS, (r for c in cells for r in c.per_image)
+        )
 
     stop = threading.Event()
+    executor = make_executor(config, stop, device, settings.progress, train=train_cell)
     try:
-        with stop_on_signals(stop):
-            for name in names:
-                options = (
-                    {"encoder": config.encoder}
-                    if architectures.get_spec(name).source == "smp"
-                    else {}
+        with stop_on_signals(stop), closing(executor.run(jobs, splits, class_metrics)) as results:
+            for cell in results:
+                save_cell_outputs(
+                    out_dir, cell, splits[cell.fold], dataset.palette, primary_seed=config.seeds[0]
                 )
-                for seed in config.seeds:
-                    for fold in folds:
-                        cell = done.get((name, seed, fold))
-                        if cell is None:
-                            if stop.is_set():
-                                raise CellInterrupted()
-                            cell = train_cell(
-                                name,
-                                seed,
-                                fold,
-                                splits[fold],
-                                dataclasses.replace(settings, options=options),
-                                device,
-                                class_metrics=class_metrics,
-                                checkpoint=resume_path(out_dir, name, seed, fold),
-                                stop=stop,
-                            )
-                            save_cell_outputs(
-                                out_dir,
-                                cell,
-                                splits[fold],
-                                dataset.palette,
-                                primary_seed=config.seeds[0],
-                            )
-                            print(summary_line(cell), flush=True)
-                        cells.append(cell)
-                        history.extend(cell.history)
-                        per_image.extend(cell.per_image)
-                        write_rows()
+                # A cell that ran where the run directory is not visible left any earlier
+                # epoch checkpoint of it here.
+                resume_path(out_dir, cell.architecture, cell.seed, cell.fold).unlink(
+                    missing_ok=True
+                )
+                print(summary_line(cell), flush=True)
+                finished[cell.architecture, cell.seed, cell.fold] = cell
+                write_rows()
+        write_rows()  # also when every cell was done before
     except (CellInterrupted, KeyboardInterrupt):
         write_rows()  # every finished cell; the cut one has its epoch checkpoint
         command = meta["command"]
@@ -395,10 +403,16 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
             command += f" --out {shlex.quote(str(out_dir))}"
         raise SuiteInterrupted(out_dir, command) from None
 
+    meta["environment"].update(executor.environment())
     meta["finished_utc"] = utc_now()
     write_json(out_dir / "config.json", meta)
     report.render_run(out_dir)  # derives summary.csv and statistics.csv, then renders
-    return SuiteOutcome(out_dir, cells)
+    return SuiteOutcome(out_dir, [finished[key] for key in order])
+
+
+def cell_options(config: RunConfig, name: str) -> dict[str, Any]:
+    """Architecture options of a cell: the encoder, for the segmentation-models baselines."""
+    return {"encoder": config.encoder} if architectures.get_spec(name).source == "smp" else {}
 
 
 def summary_line(cell: CellResult) -> str:

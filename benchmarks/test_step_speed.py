@@ -2,12 +2,14 @@
 
 Run and save a comparable record (machine and commit info included):
 
-    .venv/bin/python -m pytest benchmarks --benchmark-enable --benchmark-autosave
-    .venv/bin/python -m pytest-benchmark compare          # or: pytest-benchmark compare
+    .venv/bin/python -m pytest benchmarks/test_step_speed.py --benchmark-enable \
+        --benchmark-autosave
+    .venv/bin/pytest-benchmark compare                  # lists and compares the saved runs
 
-Each builtin architecture at a small width: one training step (forward, loss, backward,
-Adam step) on a batch of 20 images of 120×120, as the thesis trained, and inference on the
-same batch.
+Every builtin architecture (the thesis's three and the smp baselines, encoder resnet18) at
+width 0.25: one training step (forward, loss, backward, Adam step) on a batch of 20 images
+of 120×120, as the thesis trained, and inference (forward + argmax) on the same batch; each
+in PyTorch's default memory format and in channels-last, the runner's default on CPU/CUDA.
 """
 
 from __future__ import annotations
@@ -18,9 +20,15 @@ import torch
 import architectures
 from bench.runner import compute_loss
 
-BUILTINS = ["unet_thesis", "segnet_basic", "deconvnet"]
+# Installed plugins (entry points) are not ours to benchmark here.
+BUILTINS = [
+    name
+    for name in architectures.available()
+    if architectures.get_spec(name).source in ("builtin", "smp")
+]
 WIDTH = 0.25
 BATCH = 20
+FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,12 +38,31 @@ def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
-@pytest.mark.parametrize("name", BUILTINS)
-def test_train_step(benchmark, name):
+def build(name: str, memory_format: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = architectures.build(name, width=WIDTH).train()
+    options = {"encoder": "resnet18"} if architectures.get_spec(name).source == "smp" else {}
+    model = architectures.build(name, width=WIDTH, **options)
+    return model.to(memory_format=FORMATS[memory_format])
+
+
+def record(benchmark, name: str, memory_format: str) -> None:
+    benchmark.extra_info.update(
+        architecture=name,
+        width=WIDTH,
+        batch=BATCH,
+        memory_format=memory_format,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+    )
+
+
+@pytest.mark.parametrize("memory_format", FORMATS)
+@pytest.mark.parametrize("name", BUILTINS)
+def test_train_step(benchmark, name, memory_format):
+    model = build(name, memory_format).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     images, labels = batch()
+    images = images.contiguous(memory_format=FORMATS[memory_format])
 
     def step() -> float:
         loss = compute_loss("bce", model(images), labels)
@@ -44,18 +71,20 @@ def test_train_step(benchmark, name):
         optimizer.step()
         return loss.item()
 
-    benchmark.extra_info.update(width=WIDTH, batch=BATCH, threads=torch.get_num_threads())
+    record(benchmark, name, memory_format)
     benchmark(step)
 
 
+@pytest.mark.parametrize("memory_format", FORMATS)
 @pytest.mark.parametrize("name", BUILTINS)
-def test_inference(benchmark, name):
-    model = architectures.build(name, width=WIDTH).eval()
+def test_inference(benchmark, name, memory_format):
+    model = build(name, memory_format).eval()
     images, _ = batch()
+    images = images.contiguous(memory_format=FORMATS[memory_format])
 
     def infer() -> torch.Tensor:
         with torch.no_grad():
             return model(images).argmax(dim=1)
 
-    benchmark.extra_info.update(width=WIDTH, batch=BATCH, threads=torch.get_num_threads())
+    record(benchmark, name, memory_format)
     benchmark(infer)

@@ -1,0 +1,327 @@
+"""``bench perf``: how close the runner trains to the hardware's limit, measured side by side.
+
+Three training loops over the same model, batch size, images and epochs, each timed from
+the first batch to the last with the device synchronised (the first epoch's warm-up counts
+for all three alike):
+
+* **harness**: :func:`bench.runner.train_cell`, the loop ``bench run`` uses, with its
+  per-batch loss/accuracy accounting; its per-epoch evaluation is outside the timed span,
+  as in ``bench run``'s ``train_seconds``.
+* **bare**: the plainest PyTorch loop: the float images already on the device, shuffled
+  batches, forward, loss, backward, Adam; no metrics, no logging. Same speed options (memory
+  format, autocast) as the harness, so the ratio measures the harness's overhead only.
+* **dataloader** (augmentation on): the pipeline one writes by default: a per-sample
+  ``torch.utils.data.Dataset`` applying albumentations (the flips, 90° rotations and colour
+  jitter of the clean protocol), a ``DataLoader`` with default settings (no workers, no
+  pinned memory) and PyTorch's defaults for the model (fp32, contiguous memory format). It
+  is compared with the harness, with its defaults, on the clean protocol, which augments
+  whole batches on the device.
+
+The harness/bare pair runs the thesis protocol (no augmentation); the augmented pair runs
+the clean protocol's fold 0. Each measurement is repeated ``repeats`` times, alternating the
+loops so that a slow spell of the machine hits both; medians are reported.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+import architectures
+from bench import environment
+from bench.config import AMP_MODES, DEVICES, SWITCHES
+from bench.data import load_dataset
+from bench.errors import BenchError, ConfigError
+from bench.protocols import ProtocolSplit, get_protocol
+from bench.runner import (
+    CellSettings,
+    SpeedOptions,
+    compute_loss,
+    resolve_speed,
+    seed_everything,
+    select_device,
+    synchronize,
+    to_tensor_images,
+    train_cell,
+)
+
+PYTORCH_DEFAULTS = SpeedOptions(amp_dtype=None, channels_last=False, compile=False)
+
+
+@dataclass(frozen=True)
+class PerfConfig:
+    """One ``bench perf`` measurement; fields map one-to-one to its flags."""
+
+    architecture: str = "unet_thesis"
+    width: float = 0.25
+    batch_size: int = 20
+    epochs: int = 2
+    repeats: int = 3
+    dataset: str = "synthetic"  # synthetic (224 images: the thesis split is 418/30) | wbc1
+    data_dir: str | None = None
+    synthetic_count: int = 224
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
+    augmented: bool = True  # also measure the clean protocol against DataLoader+albumentations
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("width", "batch_size", "epochs", "repeats", "synthetic_count"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive (got {value})")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device must be one of {', '.join(DEVICES)}")
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"--amp must be one of {', '.join(AMP_MODES)}")
+        if self.channels_last not in SWITCHES:
+            raise ConfigError(f"--channels-last must be one of {', '.join(SWITCHES)}")
+        architectures.get_spec(self.architecture)  # unknown names list the known ones
+
+
+def images_trained(n_images: int, batch_size: int) -> int:
+    """Images one epoch trains on: the runner drops a lone final batch of one image."""
+    return n_images - 1 if n_images % batch_size == 1 and n_images > 1 else n_images
+
+
+def _build_model(
+    config: PerfConfig, device: torch.device, speed: SpeedOptions
+) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    model = architectures.build(
+        config.architecture, num_classes=3, in_channels=3, width=config.width
+    )
+    model.to(device).train()
+    if speed.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if speed.compile else model
+    return model, forward
+
+
+def _train_steps(
+    config: PerfConfig,
+    device: torch.device,
+    speed: SpeedOptions,
+    loss_name: str,
+    batches: Callable[[int], Any],
+    n_images: int,
+) -> float:
+    """Train a fresh model on ``batches(epoch)`` for every epoch; training images/s."""
+    seed_everything(config.seed, deterministic=False)
+    model, forward = _build_model(config, device, speed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    synchronize(device)
+    started = time.perf_counter()
+    for epoch in range(config.epochs):
+        for x, y in batches(epoch):
+            if speed.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with speed.autocast(device):
+                logits = forward(x)
+            loss = compute_loss(loss_name, logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    synchronize(device)
+    return n_images * config.epochs / (time.perf_counter() - started)
+
+
+def measure_bare(
+    config: PerfConfig, split: ProtocolSplit, device: torch.device, speed: SpeedOptions, loss: str
+) -> float:
+    """The bare loop: float tensors already on the device, no metrics, no logging."""
+    images = to_tensor_images(split.train.images).to(device)
+    labels = torch.from_numpy(split.train.labels).to(device)
+    n_train = images_trained(len(images), config.batch_size)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def batches(epoch: int):
+        order = torch.randperm(len(images), generator=generator)[:n_train].to(device)
+        for start in range(0, n_train, config.batch_size):
+            index = order[start : start + config.batch_size]
+            yield images[index], labels[index]
+
+    return _train_steps(config, device, speed, loss, batches, n_train)
+
+
+def albumentations_pipeline(seed: int):
+    """The clean protocol's augmentation written the usual way: per sample, albumentations."""
+    import albumentations as A
+
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.RandomRotate90(p=1.0),
+            A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, p=0.5),
+        ],
+        seed=seed,
+    )
+
+
+class AlbumentationsDataset(torch.utils.data.Dataset):
+    """Per-sample dataset: uint8 HWC image + mask → augmented float CHW tensor + long mask."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, seed: int) -> None:
+        self.images, self.labels = images, labels
+        self.transform = albumentations_pipeline(seed)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.transform(image=self.images[index], mask=self.labels[index])
+        image = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1)
+        return image.float().div_(255.0), torch.from_numpy(np.ascontiguousarray(out["mask"]))
+
+
+def measure_dataloader(
+    config: PerfConfig, split: ProtocolSplit, device: torch.device, speed: SpeedOptions, loss: str
+) -> float:
+    """DataLoader (default settings) over the per-sample albumentations dataset."""
+    dataset = AlbumentationsDataset(split.train.images, split.train.labels, config.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+
+    def batches(epoch: int):
+        for x, y in loader:
+            yield x.to(device), y.to(device)
+
+    return _train_steps(config, device, speed, loss, batches, len(dataset))
+
+
+def measure_harness(
+    config: PerfConfig, split: ProtocolSplit, device: torch.device, loss: str
+) -> float:
+    """``bench run``'s loop (train_cell): training images/s as it records them."""
+    settings = CellSettings(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=1e-4,
+        loss=loss,
+        width=config.width,
+        options={},
+        deterministic=False,
+        progress=False,
+        num_classes=3,
+        amp=config.amp,
+        channels_last=config.channels_last,
+        compile=config.compile,
+    )
+    result = train_cell(config.architecture, config.seed, split.fold, split, settings, device)
+    if result.status != "ok" or not result.images_per_second:
+        raise BenchError(f"{config.architecture}: the harness run failed: {result.error}")
+    return result.images_per_second
+
+
+def _split(config: PerfConfig, protocol: str) -> ProtocolSplit:
+    dataset = load_dataset(
+        config.dataset,
+        config.data_dir,
+        synthetic_count=config.synthetic_count,
+        seed=config.seed,
+    )
+    split = get_protocol(protocol).split(dataset)
+    if config.batch_size > len(split.train):
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is larger than the training set "
+            f"({len(split.train)} images)"
+        )
+    return split
+
+
+def run_perf(config: PerfConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure harness vs bare (and, if asked, vs DataLoader+albumentations); a JSON-able dict."""
+    config.validate()
+    say = progress or (lambda message: None)
+    device = select_device(config.device)
+    speed = resolve_speed(config.amp, config.channels_last, config.compile, device)
+    thesis = _split(config, "thesis")
+    samples: dict[str, list[float]] = {"harness": [], "bare": []}
+    # Warm-up (one epoch, not recorded): first-call costs of the kernels and allocator.
+    measure_bare(replace(config, epochs=1), thesis, device, speed, "bce")
+    for repeat in range(config.repeats):
+        samples["bare"].append(measure_bare(config, thesis, device, speed, "bce"))
+        samples["harness"].append(measure_harness(config, thesis, device, "bce"))
+        say(
+            f"repeat {repeat + 1}/{config.repeats}: bare {samples['bare'][-1]:.2f} img/s, "
+            f"harness {samples['harness'][-1]:.2f} img/s"
+        )
+    result: dict[str, Any] = {
+        "architecture": config.architecture,
+        "width": config.width,
+        "batch_size": config.batch_size,
+        "epochs": config.epochs,
+        "repeats": config.repeats,
+        "train_images": images_trained(len(thesis.train), config.batch_size),
+        "image_size": list(thesis.train.labels.shape[1:]),
+        "harness_images_per_second": statistics.median(samples["harness"]),
+        "bare_images_per_second": statistics.median(samples["bare"]),
+    }
+    result["ratio"] = result["harness_images_per_second"] / result["bare_images_per_second"]
+    if config.augmented:
+        clean = _split(config, "clean")
+        samples["augmented_harness"], samples["dataloader"] = [], []
+        for repeat in range(config.repeats):
+            samples["dataloader"].append(
+                measure_dataloader(config, clean, device, PYTORCH_DEFAULTS, "cross_entropy")
+            )
+            samples["augmented_harness"].append(
+                measure_harness(config, clean, device, "cross_entropy")
+            )
+            say(
+                f"repeat {repeat + 1}/{config.repeats} (augmented): dataloader "
+                f"{samples['dataloader'][-1]:.2f} img/s, harness "
+                f"{samples['augmented_harness'][-1]:.2f} img/s"
+            )
+        result["augmented_train_images"] = len(clean.train)
+        result["augmented_harness_images_per_second"] = statistics.median(
+            samples["augmented_harness"]
+        )
+        result["dataloader_images_per_second"] = statistics.median(samples["dataloader"])
+        result["augmented_ratio"] = (
+            result["augmented_harness_images_per_second"] / result["dataloader_images_per_second"]
+        )
+    result["samples"] = samples
+    result["speed"] = {
+        "amp": str(speed.amp_dtype).removeprefix("torch.") if speed.amp_dtype else "off",
+        "channels_last": speed.channels_last,
+        "compile": speed.compile,
+    }
+    result["config"] = asdict(config)
+    result["environment"] = environment.describe(device)
+    return result
+
+
+def render_text(result: dict[str, Any]) -> str:
+    """A short human-readable table of one ``bench perf`` result."""
+    lines = [
+        f"{result['architecture']} width {result['width']}, batch {result['batch_size']}, "
+        f"{result['epochs']} epochs x {result['train_images']} images, median of "
+        f"{result['repeats']}; {result['environment']['device_name']}; speed options "
+        f"{result['speed']}",
+        f"  harness  {result['harness_images_per_second']:9.2f} img/s",
+        f"  bare     {result['bare_images_per_second']:9.2f} img/s",
+        f"  ratio    {result['ratio']:9.3f}  (harness / bare)",
+    ]
+    if "augmented_ratio" in result:
+        lines += [
+            f"  augmented ({result['augmented_train_images']} images, clean protocol):",
+            f"  harness     {result['augmented_harness_images_per_second']:9.2f} img/s",
+            f"  dataloader  {result['dataloader_images_per_second']:9.2f} img/s "
+            "(per-sample albumentations, DataLoader defaults)",
+            f"  ratio       {result['augmented_ratio']:9.3f}  (harness / dataloader)",
+        ]
+    return "\n".join(lines)
+
