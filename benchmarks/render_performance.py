@@ -1,0 +1,351 @@
+"""Render ``reports/performance.md`` from the measurement records in ``reports/performance/``.
+
+    .venv/bin/python benchmarks/render_performance.py
+
+It only reads JSON written by the measuring commands (``bench perf --json``,
+``benchmarks/peers/compare_keras.py --json``, ``benchmarks/speed_options_accuracy.py
+--json``); it never measures. A record that is missing leaves its rows "not measured".
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RECORDS = REPO / "reports" / "performance"
+OUT = REPO / "reports" / "performance.md"
+PERF_DEFAULTS = {
+    "architecture": "unet_thesis",
+    "width": 0.25,
+    "batch_size": 20,
+    "epochs": 2,
+    "repeats": 3,
+    "dataset": "synthetic",
+    "data_dir": None,
+    "synthetic_count": 224,
+    "device": "auto",
+    "amp": "auto",
+    "channels_last": "auto",
+    "compile": False,
+    "augmented": True,
+    "seed": 0,
+}
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RECORDS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def perf_command(record: dict[str, Any]) -> str:
+    """The ``bench perf`` command that reproduces a record (its non-default options)."""
+    config = record["config"]
+    words = ["bench", "perf", config["architecture"]]
+    for key, default in PERF_DEFAULTS.items():
+        value = config.get(key, default)
+        if key == "architecture" or (value == default and key != "width"):
+            continue
+        if key == "augmented":
+            words.append("--no-augmented")
+        elif key == "compile":
+            words.append("--compile")
+        else:
+            words += [f"--{key.replace('_', '-')}", str(value)]
+    return " ".join([*words, "--json"])
+
+
+def versions(environment: dict[str, Any]) -> str:
+    keys = ("torch", "torchvision", "albumentations", "numpy", "python")
+    return ", ".join(f"{k} {environment.get(k)}" for k in keys if environment.get(k))
+
+
+def yes_no(value: float | None, goal: float) -> str:
+    if value is None:
+        return "not measured"
+    return "**met**" if value >= goal else "not met"
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "not measured" if value is None else f"{value:.{digits}f}"
+
+
+def keras_row(record: dict[str, Any] | None, width: float) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return next((row for row in record["results"] if float(row["width"]) == width), None)
+
+
+def pytest_benchmark_section() -> list[str]:
+    """Medians of the latest saved pytest-benchmark run, one row per architecture."""
+    storage = RECORDS / "pytest-benchmark"
+    lines = [
+        "## pytest-benchmark",
+        "",
+        "`benchmarks/test_step_speed.py`: a training step (forward, loss, backward, Adam) and "
+        "inference (forward + argmax) for every builtin architecture at width 0.25 (smp "
+        "encoders resnet18), batch 20, 120×120, in PyTorch's default (contiguous) and in "
+        "channels-last memory format. Saved runs are in `reports/performance/pytest-benchmark/`; "
+        "make and compare another with:",
+        "",
+        "```bash",
+        ".venv/bin/python -m pytest benchmarks/test_step_speed.py --benchmark-enable \\",
+        "    --benchmark-storage reports/performance/pytest-benchmark --benchmark-autosave",
+        ".venv/bin/pytest-benchmark --storage reports/performance/pytest-benchmark compare",
+        "```",
+        "",
+    ]
+    runs = sorted(storage.glob("*/*.json"))
+    if not runs:
+        return [*lines, "No saved run.", ""]
+    run = json.loads(runs[-1].read_text())
+    medians: dict[str, dict[str, float]] = {}
+    for bench in run["benchmarks"]:
+        kind = "train" if bench["name"].startswith("test_train_step") else "infer"
+        column = f"{kind} {bench['params']['memory_format']}"
+        medians.setdefault(bench["params"]["name"], {})[column] = bench["stats"]["median"]
+    commit = run["commit_info"]
+    lines += [
+        f"Latest saved run `{runs[-1].relative_to(storage)}`: {run['datetime']}, "
+        f"{run['machine_info'].get('cpu', {}).get('brand_raw', '?')}, commit "
+        f"`{commit.get('id', '?')[:12]}`"
+        + (" (uncommitted changes present)" if commit.get("dirty") else "")
+        + ". Median milliseconds:",
+        "",
+        "| architecture | train step, contiguous | train step, channels-last | inference, "
+        "contiguous | inference, channels-last |",
+        "|---|---|---|---|---|",
+    ]
+    columns = ("train contiguous", "train channels_last", "infer contiguous", "infer channels_last")
+    for name in sorted(medians):
+        cells = " | ".join(
+            f"{medians[name][c] * 1000:.0f}" if c in medians[name] else "—" for c in columns
+        )
+        lines.append(f"| `{name}` | {cells} |")
+    return [*lines, ""]
+
+
+def seconds_per_step(run: dict[str, Any]) -> float:
+    """Mean seconds per batch of 20 over all epochs of one side of a Keras comparison."""
+    steps = -(-run["images_per_epoch"] // 20)
+    return sum(run["epoch_seconds"]) / (steps * len(run["epoch_seconds"]))
+
+
+def reading(perf: dict[str, Any] | None, keras: dict[str, Any] | None) -> list[str]:
+    """What the goals table says, in words, from the same records."""
+    lines = ["## Reading", ""]
+    if perf:
+        lines.append(
+            f"- The harness costs nothing measurable over a bare loop (ratio "
+            f"{perf['ratio']:.2f}): the data is indexed on the device and the host reads the "
+            "loss once per epoch. With augmentation on, the per-sample DataLoader + "
+            "albumentations pipeline is slower than the harness mostly because it trains in "
+            "PyTorch's default memory format: its own augmentation costs a few ms per batch "
+            "against a ~250-350 ms step at width 0.25 on this CPU."
+        )
+    if keras:
+        steps = {float(r["width"]): r["keras"] for r in keras["results"]}
+        if 1.0 in steps and 0.25 in steps:
+            lines.append(
+                f"- The Keras peer on this machine ran at {seconds_per_step(steps[1.0]):.1f} s "
+                f"per step of 20 at full width and {seconds_per_step(steps[0.25]):.2f} s at "
+                "width 0.25 (mean over all epochs): faster than the 7.0 s and 0.7 s the issue "
+                "quotes for the thesis's stack, so the 1.2× goal is against a stronger peer "
+                "than expected."
+            )
+        spreads = [
+            max(r[side]["epoch_seconds"]) / min(r[side]["epoch_seconds"])
+            for r in keras["results"]
+            for side in ("keras", "bench")
+        ]
+        keras_spread = max(spreads[0::2])
+        bench_spread = max(spreads[1::2])
+        verdicts = ", ".join(
+            f"width {float(r['width']):g}: "
+            f"{min(r['ratio_all'], r['ratio_steady']):.2f}"
+            for r in keras["results"]
+        )
+        lines.append(
+            f"- Keras's epoch times varied up to {keras_spread:.1f}× between epochs of one "
+            f"run (bench's up to {bench_spread:.2f}×), and between runs, so each Keras figure "
+            "is one sample of a wide spread; goals are judged on the lower of the all-epochs "
+            f"and steady-state ratios (default options: {verdicts})."
+        )
+    lines.append(
+        "- bf16 autocast stays opt-in on CPU (`--amp bf16`; `auto` means bf16 only on CUDA): "
+        "it changes the arithmetic, and the accuracy table below shows it within seed noise "
+        "for this model, not for every model."
+    )
+    return [*lines, ""]
+
+
+def render() -> str:
+    perf = load("perf_unet_thesis_w0.25.json")
+    perf_bf16 = load("perf_unet_thesis_w0.25_bf16.json")
+    keras = load("keras_vs_bench.json")
+    keras_bf16 = load("keras_vs_bench_bf16.json")
+    accuracy = load("speed_options_accuracy.json")
+    environment = (perf or perf_bf16 or {}).get("environment", {})
+    lines = [
+        "# Performance",
+        "",
+        "Rendered by `python benchmarks/render_performance.py` from the JSON records in",
+        "`reports/performance/` (each holds its machine, versions, git commit and every",
+        "repeat). Training images/s counts the training phase only (device synchronised, the",
+        "first epoch included), as `bench run` records it.",
+        "",
+        f"- **Machine**: {environment.get('cpu_model', '?')}, {environment.get('cpu_count', '?')} "
+        f"cores, {environment.get('torch_threads', '?')} torch threads, no GPU; "
+        f"{environment.get('platform', '')}.",
+        f"- **Versions**: {versions(environment)}; bench at commit "
+        f"`{environment.get('git_commit')}`.",
+        "- **GPU**: not measured. No GPU was lent to the session that made these records, so "
+        "the H100 rows below are empty rather than estimated.",
+        "",
+        "## Goals",
+        "",
+        "| goal | measured | result | command |",
+        "|---|---|---|---|",
+    ]
+    if perf:
+        lines.append(
+            f"| harness ≥ 0.95 × bare PyTorch loop (`unet_thesis`, width {perf['width']}, "
+            f"batch {perf['batch_size']}, {perf['train_images']} images/epoch) | "
+            f"{perf['ratio']:.3f} ({perf['harness_images_per_second']:.1f} vs "
+            f"{perf['bare_images_per_second']:.1f} img/s) | {yes_no(perf['ratio'], 0.95)} | "
+            f"`{perf_command(perf)}` |"
+        )
+    for record, label in ((perf, "default options"), (perf_bf16, "`--amp bf16`")):
+        if record and "augmented_ratio" in record:
+            lines.append(
+                f"| harness ≥ 1.5 × per-sample DataLoader + albumentations, augmentation on "
+                f"(harness with {label}; DataLoader at PyTorch defaults) | "
+                f"{record['augmented_ratio']:.2f} "
+                f"({record['augmented_harness_images_per_second']:.1f} vs "
+                f"{record['dataloader_images_per_second']:.1f} img/s) | "
+                f"{yes_no(record['augmented_ratio'], 1.5)} | `{perf_command(record)}` |"
+            )
+    for record, label in ((keras, "default options"), (keras_bf16, "`--amp bf16`")):
+        for width in (1.0, 0.25):
+            row = keras_row(record, width)
+            if row is None:
+                continue
+            # Judged on the lower of the all-epochs and steady-state ratios: neither choice
+            # of accounting may turn a miss into a hit.
+            value = min(row["ratio_all"], row["ratio_steady"])
+            bench_args = " ".join(record.get("bench_args") or [])
+            lines.append(
+                f"| `bench run` ≥ 1.2 × the thesis's Keras U-Net, width {width:g} "
+                f"(bench with {label}) | {fmt(row['ratio_all'])} all epochs / "
+                f"{fmt(row['ratio_steady'])} steady (bench "
+                f"{fmt(row['bench']['images_per_second']['all'], 1)} / "
+                f"{fmt(row['bench']['images_per_second']['steady'], 1)}, Keras "
+                f"{fmt(row['keras']['images_per_second']['all'], 1)} / "
+                f"{fmt(row['keras']['images_per_second']['steady'], 1)} img/s) | "
+                f"{yes_no(value, 1.2)} | `python benchmarks/peers/compare_keras.py --widths "
+                f"{width:g} --epochs {record['epochs']}"
+                + (f' --bench-args "{bench_args}"' if bench_args else "")
+                + "` |"
+            )
+    lines += [
+        "| thesis protocol, three thesis models, full width, 30 epochs, evaluation and "
+        "report, one H100 ≤ 60 s wall | not measured (no GPU lent) | — | `bench run "
+        "unet_thesis segnet_basic deconvnet --protocol thesis --dataset wbc1 --device cuda` |",
+        "| achieved TFLOP/s against the card's measured matrix peak | not measured (no GPU "
+        "lent) | — | — |",
+        "",
+    ]
+    lines += reading(perf, keras)
+    if perf or perf_bf16:
+        lines += [
+            "## `bench perf`: harness, bare loop, DataLoader",
+            "",
+            "Each loop trains a fresh model for the given epochs; loops alternate per repeat; "
+            "the table gives the median and every repeat (img/s).",
+            "",
+            "| record | loop | median | repeats |",
+            "|---|---|---|---|",
+        ]
+        for name, record in (("default", perf), ("--amp bf16", perf_bf16)):
+            if not record:
+                continue
+            medians = {
+                "bare": record["bare_images_per_second"],
+                "harness": record["harness_images_per_second"],
+                "dataloader": record.get("dataloader_images_per_second"),
+                "augmented_harness": record.get("augmented_harness_images_per_second"),
+            }
+            for loop, samples in record["samples"].items():
+                values = ", ".join(f"{v:.1f}" for v in samples)
+                lines.append(f"| {name} | {loop} | {fmt(medians.get(loop), 1)} | {values} |")
+        lines.append("")
+    for record, label in ((keras, "default options"), (keras_bf16, "`--amp bf16`")):
+        if not record:
+            continue
+        lines += [
+            f"## Keras peer vs `bench run` ({label})",
+            "",
+            f"TensorFlow {record['versions'].get('tensorflow')}, Keras "
+            f"{record['versions'].get('keras')} (threads left at TF's defaults), torch "
+            f"{record['versions'].get('torch')}; {record['train_images']} thesis-protocol "
+            f"training images, batch {record['batch_size']}, {record['epochs']} epochs per "
+            f"side, Keras then bench per width, nothing else running; commit "
+            f"`{record['git'].get('commit')}`"
+            + (" (uncommitted changes present)" if record["git"].get("dirty") else "")
+            + ".",
+            "",
+            "| width | Keras s/epoch | bench s/epoch | Keras img/s (all / steady) | "
+            "bench img/s (all / steady) | bench / Keras (steady) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in record["results"]:
+            k, b = row["keras"], row["bench"]
+            lines.append(
+                f"| {row['width']:g} | {', '.join(f'{s:.1f}' for s in k['epoch_seconds'])} | "
+                f"{', '.join(f'{s:.1f}' for s in b['epoch_seconds'])} | "
+                f"{fmt(k['images_per_second']['all'], 1)} / "
+                f"{fmt(k['images_per_second']['steady'], 1)} | "
+                f"{fmt(b['images_per_second']['all'], 1)} / "
+                f"{fmt(b['images_per_second']['steady'], 1)} | {fmt(row['ratio_steady'])} |"
+            )
+        lines += ["", "bench commands: " + "; ".join(f"`{c}`" for c in record["bench_commands"])]
+        lines.append("")
+    if accuracy:
+        lines += [
+            "## Accuracy does not move",
+            "",
+            "The same seeds trained with and without each speed option (`unet_thesis`, "
+            "thesis protocol on wbc1); per-image foreground Dice (mean of cytoplasm and "
+            "nucleus) compared with fp32 contiguous (PyTorch's defaults) for the same seed. "
+            "Noise reference: fp32 seed against fp32 seed, mean absolute per-image change "
+            f"{fmt(accuracy.get('seed_noise'), 4)}. The images/s column is informational: "
+            "the runs shared the CPU with short profiling and the compile variant's first "
+            "epoch includes compilation.",
+            "",
+            "| variant | seed | foreground Dice | train img/s | mean abs per-image Dice change "
+            "vs fp32 |",
+            "|---|---|---|---|---|",
+        ]
+        for row in accuracy["rows"]:
+            lines.append(
+                f"| {row['variant']} | {row['seed']} | {row['foreground_dice']:.4f} | "
+                f"{row['images_per_second']:.1f} | "
+                f"{fmt(row.get('mean_abs_dice_change_vs_fp32'), 4)} |"
+            )
+        lines += ["", "Commands:", ""]
+        lines += [f"- {variant}: `{command}`" for variant, command in accuracy["commands"].items()]
+        lines.append("")
+    lines += pytest_benchmark_section()
+    return "\n".join(lines)
+
+
+def main() -> int:
+    OUT.write_text(render())
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
