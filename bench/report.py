@@ -108,6 +108,18 @@ def _reference(
     return None, None
 
 
+def speed_options(config: dict[str, Any]) -> str:
+    """The speed flags of a run (absent from runs made before they existed)."""
+    if "amp" not in config:
+        return ""
+    amp = {"auto": "auto (bf16 on CUDA, off elsewhere)"}.get(config["amp"], config["amp"])
+    layout = {"auto": "auto (on for CUDA and CPU)"}.get(
+        config["channels_last"], config["channels_last"]
+    )
+    compiled = ", torch.compile" if config.get("compile") else ""
+    return f"Speed options: mixed precision {amp}, channels-last {layout}{compiled}. "
+
+
 def methods_paragraph(meta: dict[str, Any]) -> str:
     config, env, protocol = meta["config"], meta["environment"], meta["protocol"]
     dataset = meta["dataset"]
@@ -136,6 +148,7 @@ def methods_paragraph(meta: dict[str, Any]) -> str:
         f"`{config['loss']}`, width {config['width']}, smp encoder `{config['encoder']}` "
         f"(no pretrained weights), seeds {seeds}"
         f"{', deterministic algorithms' if config.get('deterministic') else ''}. "
+        f"{speed_options(config)}"
         f"Device: {env['device_name']}. Software: {versions}; bench {env['bench']}, git "
         f"commit `{env.get('git_commit')}`. Run from {meta['started_utc']} to "
         f"{meta.get('finished_utc') or '(unfinished)'} (UTC). Jaccard (IoU) and Dice are "

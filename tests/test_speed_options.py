@@ -91,3 +91,13 @@ def test_compile_option_compiles_and_keeps_plain_weight_names(monkeypatch):
     assert cell.status == "ok", cell.error
     assert calls == ["UNetThesis"]
     assert not any(key.startswith("_orig_mod") for key in cell.model_state)
+
+
+def test_report_names_the_speed_options_of_new_runs_only():
+    from bench.report import speed_options
+
+    text = speed_options({"amp": "bf16", "channels_last": "auto", "compile": True})
+    assert "mixed precision bf16" in text
+    assert "channels-last auto (on for CUDA and CPU)" in text
+    assert "torch.compile" in text
+    assert speed_options({"epochs": 30}) == ""  # runs made before the options: unchanged
