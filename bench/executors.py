@@ -114,6 +114,19 @@ class LocalExecutor:
         return {}
 
 
+@contextlib.contextmanager
+def keep_sigterm_handler() -> Iterator[None]:
+    """Restore the SIGTERM handler after the body: ray.init and ray.shutdown replace it with
+    sys.exit, and the suite's handler is the one that stops cleanly."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if in_main_thread else None
+    try:
+        yield
+    finally:
+        if in_main_thread and handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+
+
 def import_ray() -> Any:
     """The ``ray`` module, or a ConfigError saying how to install the extra."""
     try:
@@ -332,15 +345,14 @@ class RayExecutor:
         ray = self.ray
         if ray.is_initialized():  # e.g. a notebook or test that already called ray.init
             return False
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        sigterm = signal.getsignal(signal.SIGTERM) if in_main_thread else None
         try:
-            ray.init(
-                address=ray_address(self.config),
-                include_dashboard=False,
-                log_to_driver=True,  # tracebacks of failed cells reach this terminal
-                logging_level=logging.WARNING,
-            )
+            with keep_sigterm_handler():
+                ray.init(
+                    address=ray_address(self.config),
+                    include_dashboard=False,
+                    log_to_driver=True,  # tracebacks of failed cells reach this terminal
+                    logging_level=logging.WARNING,
+                )
         except (
             ConnectionError,
             getattr(ray.exceptions, "AuthenticationError", ConnectionError),
@@ -350,18 +362,11 @@ class RayExecutor:
                 "token authentication also needs RAY_AUTH_MODE=token and its token here "
                 "(see the README)"
             ) from None
-        finally:
-            # ray.init replaces the SIGTERM handler with sys.exit; the suite's stops cleanly.
-            if in_main_thread and sigterm is not None:
-                signal.signal(signal.SIGTERM, sigterm)
         return True
 
     def _disconnect(self) -> None:
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        sigterm = signal.getsignal(signal.SIGTERM) if in_main_thread else None
-        self.ray.shutdown()  # also stops the local instance if this process started it
-        if in_main_thread and sigterm is not None:
-            signal.signal(signal.SIGTERM, sigterm)
+        with keep_sigterm_handler():
+            self.ray.shutdown()  # also stops the local instance if this process started it
 
     def _check_resources(self, started: bool) -> None:
         """A request no node can meet would wait forever: say so (an error when local)."""
