@@ -40,9 +40,11 @@ from bench.data import load_dataset
 from bench.errors import BenchError, ConfigError
 from bench.protocols import ProtocolSplit, get_protocol
 from bench.runner import (
+    PYTORCH_DEFAULTS,
     CellSettings,
     SpeedOptions,
     compute_loss,
+    images_trained,
     resolve_speed,
     seed_everything,
     select_device,
@@ -50,8 +52,6 @@ from bench.runner import (
     to_tensor_images,
     train_cell,
 )
-
-PYTORCH_DEFAULTS = SpeedOptions(amp_dtype=None, channels_last=False, compile=False)
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,6 @@ class PerfConfig:
         if self.channels_last not in SWITCHES:
             raise ConfigError(f"--channels-last must be one of {', '.join(SWITCHES)}")
         architectures.get_spec(self.architecture)  # unknown names list the known ones
-
-
-def images_trained(n_images: int, batch_size: int) -> int:
-    """Images one epoch trains on: the runner drops a lone final batch of one image."""
-    return n_images - 1 if n_images % batch_size == 1 and n_images > 1 else n_images
 
 
 def _build_model(

@@ -166,6 +166,13 @@ def model_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def images_trained(n_images: int, batch_size: int) -> int:
+    """Images one epoch trains on. A final batch of one image breaks batch norm after
+    global pooling (PSPNet, PAN, DeepLab, UPerNet): that single image is dropped for the
+    epoch; shuffling varies which."""
+    return n_images - 1 if n_images % batch_size == 1 and n_images > 1 else n_images
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The augmenter's seed for one epoch, so a resumed cell sees the same augmentations."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
@@ -183,6 +190,10 @@ class SpeedOptions:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=self.amp_dtype)
+
+
+# fp32, contiguous, eager: what PyTorch does unless told otherwise.
+PYTORCH_DEFAULTS = SpeedOptions(amp_dtype=None, channels_last=False, compile=False)
 
 
 def resolve_speed(
@@ -267,7 +278,7 @@ def evaluate(
     ``images``: uint8 (N, 3, H, W) and ``labels`` (N, H, W), best already on the device.
     The sums stay on the device; the host reads them once at the end.
     """
-    speed = speed or SpeedOptions(None, False, False)
+    speed = speed or PYTORCH_DEFAULTS
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -455,10 +466,8 @@ def _train(
         last_train, last_test = result.history[-2], result.history[-1]
         result.train_loss, result.train_accuracy = last_train["loss"], last_train["accuracy"]
         result.test_loss, result.test_accuracy = last_test["loss"], last_test["accuracy"]
-    # A final batch of one image breaks batch norm after global pooling (PSPNet, PAN,
-    # DeepLab, UPerNet): drop that single image for the epoch; shuffling varies which.
     n_images = len(split.train)
-    n_train = n_images - 1 if n_images % settings.batch_size == 1 and n_images > 1 else n_images
+    n_train = images_trained(n_images, settings.batch_size)
     label = f"{result.architecture} s{result.seed}" + (
         f" f{result.fold}" if result.fold is not None else ""
     )
@@ -488,12 +497,10 @@ def _train(
             batches, desc=f"epoch {epoch}", unit="batch", disable=not settings.progress, leave=False
         ):
             index = order[start : start + settings.batch_size]
-            x = train_images[index].float().div_(255.0)
+            x = model_input(train_images[index], speed.channels_last)
             y = train_labels[index]
-            if augmenter is not None:
+            if augmenter is not None:  # keeps the memory format of x
                 x, y = augmenter.apply(x, y, augment_params[start : start + len(index)])
-            if speed.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             with speed.autocast(device):
                 logits = forward(x)
             loss = compute_loss(settings.loss, logits, y)  # in fp32 (compute_loss casts)

@@ -9,8 +9,8 @@ import torch
 
 from bench.cli import main
 from bench.errors import ConfigError
-from bench.perf import PerfConfig, images_trained, measure_bare, run_perf
-from bench.runner import resolve_speed
+from bench.perf import PerfConfig, measure_bare, run_perf
+from bench.runner import images_trained, resolve_speed
 
 TINY = [
     "--width",
