@@ -156,23 +156,31 @@ def build_config(cli_values: dict[str, Any], config_file: str | None = None) -> 
     return config
 
 
+def check_positive(name: str, value: float | None) -> None:
+    """``--NAME`` must be a finite number above 0 (``None``: not given, fine)."""
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"--{name.replace('_', '-')} must be positive (got {value})")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    """``--NAME`` must be one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(
+            f"--{name.replace('_', '-')} must be one of {', '.join(choices)} (got {value!r})"
+        )
+
+
 def validate(config: RunConfig) -> None:
     """Reject impossible values before any work starts; messages name the option."""
-
-    def positive(name: str, value: float | None) -> None:
-        if value is not None and not (value > 0 and math.isfinite(value)):
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive (got {value})")
-
     for name in ("epochs", "batch_size", "lr", "width", "num_folds", "synthetic_count"):
-        positive(name, getattr(config, name))
+        check_positive(name, getattr(config, name))
     if config.max_images is not None and config.max_images < 2:
         raise ConfigError(f"--max-images must be at least 2 (got {config.max_images})")
     if config.synthetic_size < 32:
         raise ConfigError(f"--synthetic-size must be at least 32 (got {config.synthetic_size})")
-    if config.device not in DEVICES:
-        raise ConfigError(f"--device must be one of {', '.join(DEVICES)} (got {config.device!r})")
-    if config.loss is not None and config.loss not in LOSSES:
-        raise ConfigError(f"--loss must be one of {', '.join(LOSSES)} (got {config.loss!r})")
+    check_choice("device", config.device, DEVICES)
+    if config.loss is not None:
+        check_choice("loss", config.loss, LOSSES)
     if config.folds not in ("one", "all"):
         raise ConfigError(f"--folds must be 'all' (got {config.folds!r})")
     if config.num_folds < 2:
@@ -183,20 +191,11 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("--seeds needs at least one seed")
     if len(set(config.seeds)) != len(config.seeds):
         raise ConfigError(f"--seeds has duplicates: {list(config.seeds)}")
-    if config.progress not in ("auto", "on", "off"):
-        raise ConfigError(f"--progress must be auto, on or off (got {config.progress!r})")
-    if config.amp not in AMP_MODES:
-        raise ConfigError(f"--amp must be one of {', '.join(AMP_MODES)} (got {config.amp!r})")
-    if config.channels_last not in SWITCHES:
-        raise ConfigError(
-            f"--channels-last must be auto, on or off (got {config.channels_last!r})"
-        )
-    if config.executor not in EXECUTORS:
-        raise ConfigError(
-            f"--executor must be one of {', '.join(EXECUTORS)} (got {config.executor!r})"
-        )
-    if not (config.cpus_per_task > 0 and math.isfinite(config.cpus_per_task)):
-        raise ConfigError(f"--cpus-per-task must be positive (got {config.cpus_per_task})")
+    check_choice("progress", config.progress, SWITCHES)
+    check_choice("amp", config.amp, AMP_MODES)
+    check_choice("channels_last", config.channels_last, SWITCHES)
+    check_choice("executor", config.executor, EXECUTORS)
+    check_positive("cpus_per_task", config.cpus_per_task)
     if not (config.gpus_per_task >= 0 and math.isfinite(config.gpus_per_task)):
         raise ConfigError(f"--gpus-per-task must be 0 or more (got {config.gpus_per_task})")
     if config.executor != "ray" and config.ray_address is not None:

@@ -35,7 +35,7 @@ import torch
 
 import architectures
 from bench import environment
-from bench.config import AMP_MODES, DEVICES, SWITCHES
+from bench.config import AMP_MODES, DEVICES, SWITCHES, check_choice, check_positive
 from bench.data import load_dataset
 from bench.errors import BenchError, ConfigError
 from bench.protocols import ProtocolSplit, get_protocol
@@ -75,15 +75,10 @@ class PerfConfig:
 
     def validate(self) -> None:
         for name in ("width", "batch_size", "epochs", "repeats", "synthetic_count"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive (got {value})")
-        if self.device not in DEVICES:
-            raise ConfigError(f"--device must be one of {', '.join(DEVICES)}")
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"--amp must be one of {', '.join(AMP_MODES)}")
-        if self.channels_last not in SWITCHES:
-            raise ConfigError(f"--channels-last must be one of {', '.join(SWITCHES)}")
+            check_positive(name, getattr(self, name))
+        check_choice("device", self.device, DEVICES)
+        check_choice("amp", self.amp, AMP_MODES)
+        check_choice("channels_last", self.channels_last, SWITCHES)
         architectures.get_spec(self.architecture)  # unknown names list the known ones
 
 
