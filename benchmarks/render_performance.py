@@ -11,28 +11,17 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+from bench.perf import PerfConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "reports" / "performance"
 OUT = REPO / "reports" / "performance.md"
-PERF_DEFAULTS = {
-    "architecture": "unet_thesis",
-    "width": 0.25,
-    "batch_size": 20,
-    "epochs": 2,
-    "repeats": 3,
-    "dataset": "synthetic",
-    "data_dir": None,
-    "synthetic_count": 224,
-    "device": "auto",
-    "amp": "auto",
-    "channels_last": "auto",
-    "compile": False,
-    "augmented": True,
-    "seed": 0,
-}
+# The defaults of `bench perf`'s flags: a record's command names only what differs.
+PERF_DEFAULTS = {field.name: field.default for field in fields(PerfConfig)}
 
 
 def load(name: str) -> dict[str, Any] | None:
