@@ -14,12 +14,15 @@ two seeds of fp32: an option "moves accuracy" if it changes Dice by more than a 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from bench.results import read_csv
+from bench.stats import image_scores
 
 VARIANTS = {
     "fp32": ["--amp", "off", "--channels-last", "off"],
@@ -29,26 +32,22 @@ VARIANTS = {
 }
 
 
-def foreground_dice(run_dir: Path) -> dict[int, dict[str, float]]:
-    """seed -> image -> mean of the cytoplasm and nucleus Dice."""
-    scores: dict[int, dict[str, list[float]]] = {}
-    with (run_dir / "per_image.csv").open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row["class"] in ("cytoplasm", "nucleus"):
-                image = scores.setdefault(int(row["seed"]), {}).setdefault(row["image_id"], [])
-                image.append(float(row["dice"]))
+def foreground_dice(run_dir: Path) -> dict[int, dict[tuple[str, str], float]]:
+    """seed -> (fold, image) -> the report's endpoint: mean of cytoplasm and nucleus Dice."""
+    rows = read_csv(run_dir / "per_image.csv")
+    seeds = sorted({int(row["seed"]) for row in rows})
     return {
-        seed: {image: statistics.mean(values) for image, values in images.items()}
-        for seed, images in scores.items()
+        seed: image_scores([row for row in rows if int(row["seed"]) == seed])["unet_thesis"]
+        for seed in seeds
     }
 
 
 def images_per_second(run_dir: Path) -> dict[int, float]:
-    with (run_dir / "cells.csv").open(newline="") as handle:
-        return {int(r["seed"]): float(r["images_per_second"]) for r in csv.DictReader(handle)}
+    cells = read_csv(run_dir / "cells.csv")
+    return {int(row["seed"]): float(row["images_per_second"]) for row in cells}
 
 
-def mean_abs_difference(a: dict[str, float], b: dict[str, float]) -> float:
+def mean_abs_difference(a: dict[Any, float], b: dict[Any, float]) -> float:
     return statistics.mean(abs(a[k] - b[k]) for k in a)
 
 
