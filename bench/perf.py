@@ -45,6 +45,7 @@ from bench.runner import (
     SpeedOptions,
     compute_loss,
     images_trained,
+    place_model,
     resolve_speed,
     seed_everything,
     select_device,
@@ -88,10 +89,7 @@ def _build_model(
     model = architectures.build(
         config.architecture, num_classes=3, in_channels=3, width=config.width
     )
-    model.to(device).train()
-    if speed.channels_last:
-        model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if speed.compile else model
+    forward = place_model(model.train(), device, speed)
     return model, forward
 
 

@@ -196,6 +196,18 @@ class SpeedOptions:
 PYTORCH_DEFAULTS = SpeedOptions(amp_dtype=None, channels_last=False, compile=False)
 
 
+def place_model(
+    model: torch.nn.Module, device: torch.device, speed: SpeedOptions
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Move ``model`` to the device in the speed options' memory format; return what to call
+    (the compiled module when asked: it shares the parameters, so state_dicts are taken from
+    ``model`` itself, without the wrapper's names)."""
+    model.to(device)
+    if speed.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if speed.compile else model
+
+
 def resolve_speed(
     amp: str, channels_last: str, compile_model: bool, device: torch.device
 ) -> SpeedOptions:
@@ -434,14 +446,10 @@ def _train(
     height, width = split.train.labels.shape[1:]
     result.params = architectures.count_parameters(model)
     result.gflops = architectures.forward_gflops(model, size=(height, width))
-    model.to(device)
-    if speed.channels_last:
-        model.to(memory_format=torch.channels_last)
+    forward = place_model(model, device, speed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     # fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op).
     scaler = torch.amp.GradScaler(device.type, enabled=speed.amp_dtype is torch.float16)
-    # The compiled module shares the parameters; state_dicts are taken from ``model``.
-    forward = torch.compile(model) if speed.compile else model
 
     # The whole split lives on the device as uint8; batches are indexed there (no loader,
     # no per-batch host copies). The clean protocol augments whole batches on the device.
