@@ -489,6 +489,20 @@ def _keras_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+class _UniformDropout(nn.Dropout):
+    """``nn.Dropout`` with its mask drawn by ``torch.rand`` (keep where u >= p): the same
+    distribution and scaling, but ``bernoulli_`` took ~8 ms of a ~270 ms CPU training step
+    on the thesis's 20 x 3 x 120 x 120 logits, ``rand`` under 2 ms."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.p == 1:
+            return x * 0.0
+        keep = torch.rand_like(x, dtype=torch.float32) >= self.p
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
 class _ThesisHead(nn.Sequential):
     """The thesis's output layer, §3.3: 1x1 conv to the classes, then dropout 0.5.
 
@@ -496,7 +510,7 @@ class _ThesisHead(nn.Sequential):
     """
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
-        super().__init__(nn.Conv2d(in_channels, num_classes, kernel_size=1), nn.Dropout(0.5))
+        super().__init__(nn.Conv2d(in_channels, num_classes, kernel_size=1), _UniformDropout(0.5))
 
 
 # --------------------------------------------------------------------------- built-ins

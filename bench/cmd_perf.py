@@ -16,6 +16,7 @@ import sys
 from dataclasses import fields
 
 from bench.config import AMP_MODES, DEVICES, SWITCHES
+from bench.host_memory import HOST_MEMORY_MODES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--amp", choices=AMP_MODES, help="as bench run (default auto)")
     parser.add_argument("--channels-last", choices=SWITCHES, help="as bench run (default auto)")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile")
+    parser.add_argument(
+        "--host-memory",
+        choices=HOST_MEMORY_MODES,
+        help="as bench run, for the harness and bare loops (default retain); the DataLoader "
+        "peer runs in its own process with the allocator's defaults",
+    )
     parser.add_argument(
         "--no-augmented",
         dest="augmented",

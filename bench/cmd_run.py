@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bench.config import AMP_MODES, DEVICES, EXECUTORS, FIELD_TYPES, LOSSES, SWITCHES, build_config
 from bench.errors import ConfigError
+from bench.host_memory import HOST_MEMORY_MODES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,6 +86,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     speed.add_argument(
         "--compile", action="store_true", default=None, help="torch.compile each model"
+    )
+    speed.add_argument(
+        "--host-memory",
+        choices=HOST_MEMORY_MODES,
+        help="retain (default): keep freed host memory for the next step instead of "
+        "returning it to the system and faulting it back in (glibc; no effect on results); "
+        "system: the allocator's defaults",
     )
     scale = run.add_argument_group("executor (where cells run; results do not depend on it)")
     scale.add_argument(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import ConfigError
+from bench.host_memory import HOST_MEMORY_MODES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,6 +61,8 @@ class RunConfig:
     amp: str = "auto"  # mixed precision: auto (bf16 on CUDA, off elsewhere) | off | bf16 | fp16
     channels_last: str = "auto"  # memory format of activations: auto | on | off
     compile: bool = False  # torch.compile the model
+    # Host allocator: retain (keep freed memory for the next step) | system; no effect on results.
+    host_memory: str = "retain"
     # Where cells run; placement only, results do not depend on it (resume may switch).
     executor: str = "local"  # local | ray
     ray_address: str | None = None  # an existing Ray cluster; None starts a local one
@@ -100,6 +103,7 @@ FIELD_TYPES: dict[str, type] = {
     "amp": str,
     "channels_last": str,
     "compile": bool,
+    "host_memory": str,
     "executor": str,
     "ray_address": str,
     "cpus_per_task": float,
@@ -194,6 +198,7 @@ def validate(config: RunConfig) -> None:
     check_choice("progress", config.progress, SWITCHES)
     check_choice("amp", config.amp, AMP_MODES)
     check_choice("channels_last", config.channels_last, SWITCHES)
+    check_choice("host_memory", config.host_memory, HOST_MEMORY_MODES)
     check_choice("executor", config.executor, EXECUTORS)
     check_positive("cpus_per_task", config.cpus_per_task)
     if not (config.gpus_per_task >= 0 and math.isfinite(config.gpus_per_task)):

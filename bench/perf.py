@@ -14,8 +14,10 @@ for all three alike):
   ``torch.utils.data.Dataset`` applying albumentations (the flips, 90° rotations and colour
   jitter of the clean protocol), a ``DataLoader`` with default settings (no workers, no
   pinned memory) and PyTorch's defaults for the model (fp32, contiguous memory format). It
-  is compared with the harness, with its defaults, on the clean protocol, which augments
-  whole batches on the device.
+  runs in a process of its own, as one's own script would, so the host allocator keeps its
+  defaults there (``--host-memory retain`` is process-wide and cannot be undone). It is
+  compared with the harness, with its defaults, on the clean protocol, which augments whole
+  batches on the device.
 
 The harness/bare pair runs the thesis protocol (no augmentation); the augmented pair runs
 the clean protocol's fold 0. Each measurement is repeated ``repeats`` times, alternating the
@@ -24,9 +26,11 @@ loops so that a slow spell of the machine hits both; medians are reported.
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -34,10 +38,11 @@ import numpy as np
 import torch
 
 import architectures
-from bench import environment
+from bench import environment, host_memory
 from bench.config import AMP_MODES, DEVICES, SWITCHES, check_choice, check_positive
 from bench.data import load_dataset
 from bench.errors import BenchError, ConfigError
+from bench.host_memory import HOST_MEMORY_MODES
 from bench.protocols import ProtocolSplit, get_protocol
 from bench.runner import (
     PYTORCH_DEFAULTS,
@@ -71,6 +76,7 @@ class PerfConfig:
     amp: str = "auto"
     channels_last: str = "auto"
     compile: bool = False
+    host_memory: str = "retain"  # the harness's and bare loop's process; the peer keeps defaults
     augmented: bool = True  # also measure the clean protocol against DataLoader+albumentations
     seed: int = 0
 
@@ -80,6 +86,7 @@ class PerfConfig:
         check_choice("device", self.device, DEVICES)
         check_choice("amp", self.amp, AMP_MODES)
         check_choice("channels_last", self.channels_last, SWITCHES)
+        check_choice("host_memory", self.host_memory, HOST_MEMORY_MODES)
         architectures.get_spec(self.architecture)  # unknown names list the known ones
 
 
@@ -206,6 +213,7 @@ def measure_harness(
         amp=config.amp,
         channels_last=config.channels_last,
         compile=config.compile,
+        host_memory=config.host_memory,
     )
     result = train_cell(config.architecture, config.seed, split.fold, split, settings, device)
     if result.status != "ok" or not result.images_per_second:
@@ -235,6 +243,7 @@ def run_perf(config: PerfConfig, progress: Callable[[str], None] | None = None) 
     say = progress or (lambda message: None)
     device = select_device(config.device)
     speed = resolve_speed(config.amp, config.channels_last, config.compile, device)
+    host_memory.apply(config.host_memory)  # the bare loop runs in the harness's conditions
     thesis = _split(config, "thesis")
     samples: dict[str, list[float]] = {"harness": [], "bare": []}
     # Warm-up (one epoch, not recorded): first-call costs of the kernels and allocator.
@@ -261,18 +270,31 @@ def run_perf(config: PerfConfig, progress: Callable[[str], None] | None = None) 
     if config.augmented:
         clean = _split(config, "clean")
         samples["augmented_harness"], samples["dataloader"] = [], []
-        for repeat in range(config.repeats):
-            samples["dataloader"].append(
-                measure_dataloader(config, clean, device, PYTORCH_DEFAULTS, "cross_entropy")
-            )
-            samples["augmented_harness"].append(
-                measure_harness(config, clean, device, "cross_entropy")
-            )
-            say(
-                f"repeat {repeat + 1}/{config.repeats} (augmented): dataloader "
-                f"{samples['dataloader'][-1]:.2f} img/s, harness "
-                f"{samples['augmented_harness'][-1]:.2f} img/s"
-            )
+        # A fresh interpreter (spawn, not fork) for the peer: the allocator's defaults.
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as peer:
+
+            def dataloader(peer_config: PerfConfig) -> float:
+                return peer.submit(
+                    measure_dataloader,
+                    peer_config,
+                    clean,
+                    device,
+                    PYTORCH_DEFAULTS,
+                    "cross_entropy",
+                ).result()
+
+            dataloader(replace(config, epochs=1))  # warm-up of the peer's process
+            for repeat in range(config.repeats):
+                samples["dataloader"].append(dataloader(config))
+                samples["augmented_harness"].append(
+                    measure_harness(config, clean, device, "cross_entropy")
+                )
+                say(
+                    f"repeat {repeat + 1}/{config.repeats} (augmented): dataloader "
+                    f"{samples['dataloader'][-1]:.2f} img/s, harness "
+                    f"{samples['augmented_harness'][-1]:.2f} img/s"
+                )
         result["augmented_train_images"] = len(clean.train)
         result["augmented_harness_images_per_second"] = statistics.median(
             samples["augmented_harness"]
@@ -286,6 +308,7 @@ def run_perf(config: PerfConfig, progress: Callable[[str], None] | None = None) 
         "amp": str(speed.amp_dtype).removeprefix("torch.") if speed.amp_dtype else "off",
         "channels_last": speed.channels_last,
         "compile": speed.compile,
+        "host_memory": config.host_memory,
     }
     result["config"] = asdict(config)
     result["environment"] = environment.describe(device)
@@ -312,4 +335,3 @@ def render_text(result: dict[str, Any]) -> str:
             f"  ratio       {result['augmented_ratio']:9.3f}  (harness / dataloader)",
         ]
     return "\n".join(lines)
-

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 import architectures
-from bench import metrics
+from bench import host_memory, metrics
 from bench.augment import BatchAugmenter
 from bench.config import RunConfig
 from bench.errors import ConfigError
@@ -273,6 +273,7 @@ class CellSettings:
     amp: str = "auto"
     channels_last: str = "auto"
     compile: bool = False
+    host_memory: str = "retain"
 
 
 def evaluate(
@@ -432,6 +433,9 @@ def _train(
     from tqdm.auto import tqdm
 
     seed_everything(result.seed, settings.deterministic)
+    host_memory.apply(settings.host_memory)
+    # What earlier cells freed goes back first, so this cell's peak memory is its own.
+    host_memory.release_freed_memory()
     reset_peak_memory(device)
     speed = resolve_speed(settings.amp, settings.channels_last, settings.compile, device)
     if device.type == "cuda" and not settings.deterministic:

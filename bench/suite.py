@@ -82,7 +82,8 @@ class SuiteInterrupted(Exception):
 
 
 # Keys of the resolved config that may differ between a run and its resumption: they do
-# not change any result (where a cell runs is placement, not method).
+# not change any result (where a cell runs, and where its host memory comes from, are
+# placement, not method).
 RESUME_IGNORED_KEYS = (
     "out",
     "progress",
@@ -91,6 +92,7 @@ RESUME_IGNORED_KEYS = (
     "ray_address",
     "cpus_per_task",
     "gpus_per_task",
+    "host_memory",
 )
 
 
@@ -353,6 +355,7 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
         amp=config.amp,
         channels_last=config.channels_last,
         compile=config.compile,
+        host_memory=config.host_memory,
     )
     class_metrics = metric_classes(dataset.class_names)
     # Rows are written in suite order whatever order the executor finishes cells in, so a

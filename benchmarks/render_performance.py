@@ -152,8 +152,7 @@ def reading(perf: dict[str, Any] | None, keras: dict[str, Any] | None) -> list[s
         keras_spread = max(spreads[0::2])
         bench_spread = max(spreads[1::2])
         verdicts = ", ".join(
-            f"width {float(r['width']):g}: "
-            f"{min(r['ratio_all'], r['ratio_steady']):.2f}"
+            f"width {float(r['width']):g}: {min(r['ratio_all'], r['ratio_steady']):.2f}"
             for r in keras["results"]
         )
         lines.append(

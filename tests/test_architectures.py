@@ -148,13 +148,59 @@ def test_unet_thesis_concatenates_upsampled_then_skip() -> None:
 
         return hook
 
-    block.conv.register_forward_hook(record("cat", use_input=True))
+    # deconv6 has a 2x2 kernel: the concatenation is written straight into the conv's
+    # padded input, so the first conv sees [upsampled, skip] plus a zero bottom row/column.
+    first_conv = block.conv[0][1]
+    first_conv.register_forward_hook(record("cat", use_input=True))
     block.up.register_forward_hook(record("up", use_input=False))
     with torch.no_grad():
         model(torch.rand(1, 3, 120, 120))
-    channels = seen["up"].shape[1]
+    channels, (height, width) = seen["up"].shape[1], seen["up"].shape[-2:]
     assert seen["cat"].shape[1] == 2 * channels
-    assert torch.equal(seen["cat"][:, :channels], seen["up"])
+    assert seen["cat"].shape[-2:] == (height + 1, width + 1)
+    assert torch.equal(seen["cat"][:, :channels, :height, :width], seen["up"])
+    assert not seen["cat"][:, :, height].any() and not seen["cat"][:, :, :, width].any()
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("kernel", [2, 4])
+def test_concatenating_same_conv_equals_cat_pad_conv(kernel, memory_format) -> None:
+    """The one-write concatenate-and-pad gives cat + F.pad's values and gradients."""
+    torch.manual_seed(0)
+    layer = keras_same_conv(5, 3, kernel).double().to(memory_format=memory_format)
+    conv = layer[1]
+    a = torch.randn(2, 2, 7, 9, dtype=torch.double).to(memory_format=memory_format)
+    b = torch.randn(2, 3, 7, 9, dtype=torch.double).to(memory_format=memory_format)
+    a.requires_grad_()
+    b.requires_grad_()
+    before, after = (kernel - 1) // 2, kernel - 1 - (kernel - 1) // 2
+    expected = F.conv2d(
+        F.pad(torch.cat([a, b], dim=1), (before, after, before, after)), conv.weight, conv.bias
+    )
+    got = layer(a, b)
+    assert got.shape == expected.shape == (2, 3, 7, 9)
+    assert torch.allclose(got, expected)
+    grad = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, (a, b, conv.weight), grad)
+    got_grads = torch.autograd.grad(got, (a, b, conv.weight), grad)
+    for e, g in zip(expected_grads, got_grads, strict=True):
+        assert torch.allclose(e, g)
+    assert torch.autograd.gradcheck(lambda x, y: layer(x, y), (a, b))
+
+
+def test_thesis_head_dropout_keeps_half_and_scales_by_two() -> None:
+    model = architectures.build("unet_thesis", width=WIDTH)
+    dropout = model.head[1]
+    x = torch.ones(4, 3, 64, 64, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout.train()(x)
+    assert set(y.unique().tolist()) == {0.0, 2.0}
+    assert abs((y == 0).float().mean().item() - 0.5) < 0.01
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(grad, y.detach())  # the gradient is the same mask, scaled
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x), y)  # drawn from torch's seeded generator
+    assert torch.equal(dropout.eval()(x), x)
 
 
 @pytest.mark.parametrize(("kernel", "stride"), [(2, 3), (2, 2), (3, 2)])

@@ -78,6 +78,7 @@ def test_speed_options_move_results_only_within_noise():
     # And they do differ: the options are really applied.
     assert len({plain.train_loss, fast.train_loss, bf16.train_loss}) == 3
 
+
 def test_compile_option_compiles_and_keeps_plain_weight_names(monkeypatch):
     calls = []
     real_compile = torch.compile

@@ -1,0 +1,101 @@
+"""``--host-memory``: freed host memory is kept for reuse, and results do not change.
+
+Each measurement runs in a fresh interpreter: the allocator setting is process-wide.
+"""
+
+from __future__ import annotations
+
+import csv
+import platform
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bench import host_memory
+from bench.cli import main
+
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+# Allocate, touch and free a 64 MiB tensor again and again: with the allocator's defaults
+# each one is a fresh mmap whose pages fault in; with freed memory retained the heap's pages
+# are reused once it has grown (a few rounds), so the counted rounds fault almost nothing.
+FAULTS = textwrap.dedent(
+    """
+    import resource, sys, torch
+    from bench import host_memory
+    print(host_memory.apply(sys.argv[1]))
+    for _ in range(5):  # the heap grows to its working size
+        torch.ones(16 * 2**20).sum()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        torch.ones(16 * 2**20).sum()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """
+)
+
+
+def _faults(mode: str) -> tuple[bool, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return out[0] == "True", int(out[1])
+
+
+@pytest.mark.skipif(not GLIBC, reason="the allocator setting is glibc's")
+def test_retain_keeps_freed_memory_for_reuse():
+    applied, retained = _faults("retain")
+    not_applied, system = _faults("system")
+    assert applied and not not_applied
+    assert system > 10 * 4000  # ten times 64 MiB faulted back in (4 KiB pages, or fewer huge)
+    assert retained < system / 20
+
+
+def test_unknown_mode_is_refused(capsys):
+    with pytest.raises(ValueError, match="bogus"):
+        host_memory.apply("bogus")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "unet_thesis", "--host-memory", "bogus"])
+    assert exit_info.value.code == 2
+    assert "--host-memory" in capsys.readouterr().err
+
+
+def _history(out: Path) -> list[tuple[str, str, str]]:
+    with (out / "history.csv").open(newline="") as handle:
+        return [(r["epoch"], r["split"], r["loss"]) for r in csv.DictReader(handle)]
+
+
+def test_results_do_not_depend_on_host_memory(tmp_path):
+    histories = []
+    for mode in ("retain", "system"):
+        out = tmp_path / mode
+        argv = [
+            "run",
+            "unet_thesis",
+            "--dataset",
+            "synthetic",
+            "--synthetic-count",
+            "12",
+            "--width",
+            "0.0625",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--deterministic",
+            "--progress",
+            "off",
+            "--host-memory",
+            mode,
+            "--out",
+            str(out),
+        ]
+        subprocess.run([sys.executable, "-m", "bench.cli", *argv], check=True, capture_output=True)
+        histories.append(_history(out))
+        assert (out / "per_image.csv").is_file()
+    assert histories[0] == histories[1]
+    assert (tmp_path / "retain" / "per_image.csv").read_bytes() == (
+        tmp_path / "system" / "per_image.csv"
+    ).read_bytes()
