@@ -4,9 +4,8 @@ glibc's malloc serves every block above its mmap threshold (128 KiB, rising to a
 32 MiB) with its own ``mmap`` and gives it back with ``munmap`` when freed; it also trims
 the heap's free top above a threshold. A CPU training step allocates and frees its
 activations and gradients (tens of MiB each), so each step the kernel maps those pages
-again and zero-fills them on first touch. For ``unet_thesis`` at width 1, batch 20, on this
-project's 2-core CPU that was 1.1 s of system time in a 3.3 s step (740,000 page faults);
-with freed memory kept in the heap the step took 2.6 s.
+again and zero-fills them on first touch: a large share of a CPU step's time, measured by
+``benchmarks/host_memory_faults.py`` (reports/performance.md, "Host memory").
 
 ``retain_freed_memory`` turns both off for the process (``mallopt(M_MMAP_MAX, 0)``,
 ``mallopt(M_TRIM_THRESHOLD, 2 GiB)``), the programmatic form of glibc's
