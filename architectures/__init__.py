@@ -491,8 +491,8 @@ def _keras_init(module: nn.Module) -> None:
 
 class _UniformDropout(nn.Dropout):
     """``nn.Dropout`` with its mask drawn by ``torch.rand`` (keep where u >= p): the same
-    distribution and scaling, but ``bernoulli_`` took ~8 ms of a ~270 ms CPU training step
-    on the thesis's 20 x 3 x 120 x 120 logits, ``rand`` under 2 ms."""
+    distribution and scaling, but on CPU ``bernoulli_`` is several times slower than
+    ``rand`` and showed in the profile of a thesis-model training step."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
