@@ -64,6 +64,9 @@ class CellInterrupted(BaseException):
 # Tests set it to raise CellInterrupted to simulate a cut at an exact epoch.
 _after_epoch_hook: Callable[[CellResult, int], None] | None = None
 
+# The configuration of the last cell trained in this process (see _train: host memory).
+_last_cell_shape: tuple | None = None
+
 
 def select_device(name: str) -> torch.device:
     """``auto`` picks cuda, then mps, then cpu; an unavailable explicit choice is an error."""
@@ -434,8 +437,20 @@ def _train(
 
     seed_everything(result.seed, settings.deterministic)
     host_memory.apply(settings.host_memory)
-    # What earlier cells freed goes back first, so this cell's peak memory is its own.
-    host_memory.release_freed_memory()
+    # What an earlier cell of another configuration freed goes back first, so this cell's
+    # peak memory is its own. After a cell of the same configuration (another seed or
+    # fold) the retained heap is what this cell will need: keeping it saves regrowing it.
+    global _last_cell_shape
+    shape = (
+        result.architecture,
+        dataclasses.replace(settings, progress=False, deterministic=False),
+        split.train.images.shape,
+        split.test.images.shape,
+        str(device),
+    )
+    if shape != _last_cell_shape:
+        host_memory.release_freed_memory()
+    _last_cell_shape = shape
     reset_peak_memory(device)
     speed = resolve_speed(settings.amp, settings.channels_last, settings.compile, device)
     if device.type == "cuda" and not settings.deterministic:

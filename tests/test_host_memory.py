@@ -99,3 +99,32 @@ def test_results_do_not_depend_on_host_memory(tmp_path):
     assert (tmp_path / "retain" / "per_image.csv").read_bytes() == (
         tmp_path / "system" / "per_image.csv"
     ).read_bytes()
+
+
+def test_free_heap_goes_back_between_cells_of_different_configurations(monkeypatch):
+    """Each cell's peak memory is its own: the heap is trimmed before a cell unless the
+    previous cell in the process had the same configuration (another seed)."""
+    from bench import runner
+    from bench.data import load_dataset
+    from bench.protocols import get_protocol
+
+    releases = []
+    monkeypatch.setattr(host_memory, "release_freed_memory", lambda: releases.append(1))
+    monkeypatch.setattr(runner, "_last_cell_shape", None)
+    split = get_protocol("thesis").split(load_dataset("synthetic", synthetic_count=12))
+    settings = runner.CellSettings(
+        epochs=1,
+        batch_size=4,
+        lr=1e-3,
+        loss="bce",
+        width=0.0625,
+        options={},
+        deterministic=True,
+        progress=False,
+    )
+    cpu = runner.select_device("cpu")
+    for seed, width, expected in ((0, 0.0625, 1), (1, 0.0625, 1), (0, 0.125, 2), (0, 0.125, 2)):
+        cell_settings = runner.dataclasses.replace(settings, width=width)
+        cell = runner.train_cell("unet_thesis", seed, None, split, cell_settings, cpu)
+        assert cell.status == "ok", cell.error
+        assert len(releases) == expected, (seed, width)
