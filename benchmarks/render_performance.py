@@ -158,9 +158,9 @@ def reading(perf: dict[str, Any] | None, keras: dict[str, Any] | None) -> list[s
             f"- The harness trains about as fast as a bare loop (ratio {perf['ratio']:.2f}): "
             "the data is indexed on the device and the host reads the loss once per epoch. "
             "Both keep freed host memory for reuse (`--host-memory retain`); the harness "
-            "also hands the free heap back at the start of each cell, so that each cell's "
-            "peak memory is its own, and grows it again in the first steps, a cost that a "
-            f"{perf['epochs']}-epoch measurement shows and a 30-epoch run hides."
+            "also hands the free heap back before a cell whose configuration differs from "
+            "the previous cell's, so that each cell's peak memory is its own, and grows it "
+            "again in the first steps (in `bench perf`, the first harness repeat)."
         )
     if perf and "augmented_ratio" in perf:
         dataloader = perf["samples"]["dataloader"]
