@@ -351,9 +351,8 @@ def render() -> str:
             "thesis protocol on wbc1); per-image foreground Dice (mean of cytoplasm and "
             "nucleus) compared with fp32 contiguous (PyTorch's defaults) for the same seed. "
             "Noise reference: fp32 seed against fp32 seed, mean absolute per-image change "
-            f"{fmt(accuracy.get('seed_noise'), 4)}. The images/s column is informational: "
-            "the runs shared the CPU with short profiling and the compile variant's first "
-            "epoch includes compilation.",
+            f"{fmt(accuracy.get('seed_noise'), 4)}. The images/s column is informational "
+            "(one run each; the compile variant's first epoch includes compilation).",
             "",
             "| variant | seed | foreground Dice | train img/s | mean abs per-image Dice change "
             "vs fp32 |",
