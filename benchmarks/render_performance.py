@@ -364,6 +364,17 @@ def render() -> str:
                 f"{row['images_per_second']:.1f} | "
                 f"{fmt(row.get('mean_abs_dice_change_vs_fp32'), 4)} |"
             )
+        commits = {
+            str(trained.get("git_commit"))[:12]
+            for trained in accuracy.get("trained_by", {}).values()
+        }
+        if commits:
+            lines += [
+                "",
+                f"Trained by commit{'s' if len(commits) > 1 else ''} "
+                + ", ".join(f"`{c}`" for c in sorted(commits))
+                + ".",
+            ]
         lines += ["", "Commands:", ""]
         lines += [f"- {variant}: `{command}`" for variant, command in accuracy["commands"].items()]
         lines.append("")

@@ -103,11 +103,17 @@ def main() -> int:
         )
     if noise is not None:
         print(f"\nseed-to-seed (fp32, seeds {args.seeds[0]} vs {args.seeds[1]}): {noise:.4f}")
+    # Which code trained each variant, on what: from the run directories' config.json.
+    trained_by = {}
+    for variant, out in runs.items():
+        environment = json.loads((out / "config.json").read_text())["environment"]
+        trained_by[variant] = {
+            key: environment.get(key) for key in ("git_commit", "cpu_model", "torch")
+        }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(
-            json.dumps({"rows": rows, "seed_noise": noise, "commands": commands}, indent=2) + "\n"
-        )
+        record = {"rows": rows, "seed_noise": noise, "commands": commands, "trained_by": trained_by}
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
 
