@@ -2,7 +2,8 @@
 
 Layout (``RUN_DIR/``)::
 
-    config.json        resolved configuration, environment, versions, start/end (UTC)
+    config.json        resolved configuration, environment, versions, start/end (UTC); after
+                       a resume also the earlier invocations' environments
     cells.csv          one row per (architecture, seed, fold) run: status, timings, final losses
     history.csv        architecture, seed, fold, epoch, split, loss, accuracy, seconds
     per_image.csv      architecture, seed, fold, image_id, class, jaccard, dice, accuracy,

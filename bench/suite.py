@@ -336,6 +336,12 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
         meta["command"] = earlier.get("command", meta["command"])
         meta["started_utc"] = earlier.get("started_utc", meta["started_utc"])
         meta["resumed_utc"] = [*earlier.get("resumed_utc", []), utc_now()]
+        # The cells already done were trained by the earlier invocations' code and machine:
+        # keep their environments (commit, versions, device) beside the current one.
+        meta["earlier_environments"] = [
+            *earlier.get("earlier_environments", []),
+            earlier["environment"],
+        ]
         print(f"resuming {out_dir}: {len(done)} cell(s) already done", file=sys.stderr)
     prepare_out_dir(out_dir)
     write_json(out_dir / "config.json", meta)

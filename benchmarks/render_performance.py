@@ -365,15 +365,16 @@ def render() -> str:
                 f"{fmt(row.get('mean_abs_dice_change_vs_fp32'), 4)} |"
             )
         commits = {
-            str(trained.get("git_commit"))[:12]
-            for trained in accuracy.get("trained_by", {}).values()
+            str(environment.get("git_commit"))[:12]
+            for environments in accuracy.get("trained_by", {}).values()
+            for environment in environments
         }
         if commits:
             lines += [
                 "",
-                f"Trained by commit{'s' if len(commits) > 1 else ''} "
+                f"Run directories written by commit{'s' if len(commits) > 1 else ''} "
                 + ", ".join(f"`{c}`" for c in sorted(commits))
-                + ".",
+                + " (from their config.json).",
             ]
         lines += ["", "Commands:", ""]
         lines += [f"- {variant}: `{command}`" for variant, command in accuracy["commands"].items()]

@@ -103,13 +103,15 @@ def main() -> int:
         )
     if noise is not None:
         print(f"\nseed-to-seed (fp32, seeds {args.seeds[0]} vs {args.seeds[1]}): {noise:.4f}")
-    # Which code trained each variant, on what: from the run directories' config.json.
+    # Which code trained each variant, on what: from the run directories' config.json (a
+    # resumed run lists its earlier invocations' environments first).
     trained_by = {}
     for variant, out in runs.items():
-        environment = json.loads((out / "config.json").read_text())["environment"]
-        trained_by[variant] = {
-            key: environment.get(key) for key in ("git_commit", "cpu_model", "torch")
-        }
+        meta = json.loads((out / "config.json").read_text())
+        trained_by[variant] = [
+            {key: environment.get(key) for key in ("git_commit", "cpu_model", "torch")}
+            for environment in [*meta.get("earlier_environments", []), meta["environment"]]
+        ]
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         record = {"rows": rows, "seed_noise": noise, "commands": commands, "trained_by": trained_by}

@@ -102,6 +102,9 @@ def test_interrupted_then_resumed_equals_uninterrupted(
     assert_same_numbers(uninterrupted, out)
     meta = json.loads((out / "config.json").read_text())
     assert meta["finished_utc"] and len(meta["resumed_utc"]) == 1
+    # The first invocation's environment (it trained seed 0) is kept beside the current one.
+    assert len(meta["earlier_environments"]) == 1
+    assert meta["earlier_environments"][0]["git_commit"] == meta["environment"]["git_commit"]
 
 
 def test_resuming_a_finished_run_trains_nothing(uninterrupted, monkeypatch, capsys):
