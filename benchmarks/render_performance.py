@@ -123,6 +123,15 @@ def seconds_per_step(run: dict[str, Any]) -> float:
     return sum(run["epoch_seconds"]) / (steps * len(run["epoch_seconds"]))
 
 
+def record_command(command: str, name: str) -> str:
+    """A recorded command with its ``--json`` output pointed at the record's place here."""
+    words = command.split()
+    if "--json" in words:
+        at = words.index("--json")
+        del words[at : at + 2]
+    return " ".join([*words, "--json", f"reports/performance/{name}"])
+
+
 def perf_history() -> list[tuple[str, dict[str, Any]]]:
     """Every recorded run of the default ``bench perf`` command, oldest first."""
     return [(path.name, json.loads(path.read_text())) for path in sorted(HISTORY.glob("*.json"))]
@@ -162,7 +171,7 @@ def host_memory_section(record: dict[str, Any] | None) -> list[str]:
         f"{record['warmup']} untimed ones; page faults and CPU seconds per step (user and "
         f"system, both threads together). {env.get('cpu_model', '?')}, "
         f"{env.get('torch_threads', '?')} torch threads; commit `{env.get('git_commit')}`. "
-        f"Command: `{record['command']}`.",
+        f"Command: `{record_command(record['command'], 'host_memory.json')}`.",
         "",
         "| width | host memory | s/step | minor faults/step | system s/step | user s/step | "
         "peak RSS GiB |",
@@ -197,8 +206,7 @@ def reading(perf: dict[str, Any] | None, keras: dict[str, Any] | None) -> list[s
             "repeats) is slower than the harness because it trains as PyTorch and glibc do "
             "by default: contiguous memory format, and an allocator that returns every "
             "freed activation to the system and faults it back in the next step (it runs "
-            "in its own process; see Host memory below). Its own augmentation costs a few "
-            "ms per batch against a step of about a quarter of a second. The ratio with "
+            "in its own process; see Host memory below). The ratio with "
             f"default options, {perf['augmented_ratio']:.2f}, is at the 1.5 goal: runs of "
             "the same command differ by a few hundredths (see Run to run below)."
         )
