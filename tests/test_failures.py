@@ -13,6 +13,8 @@ import pytest
 
 from bench.cli import main
 
+from tiny_runs import run_argv
+
 PLUGIN = """
 import torch
 from architectures import register_architecture
@@ -45,29 +47,15 @@ def test_out_of_memory_retries_with_half_the_batch_then_fails(tmp_path, capsys):
     plugin.write_text(textwrap.dedent(PLUGIN))
     out = tmp_path / "run"
     code = main(
-        [
-            "run",
+        run_argv(
             "oom_big_batch",
             "oom_always",
-            "--plugin",
-            str(plugin),
-            "--dataset",
-            "synthetic",
-            "--synthetic-count",
-            "12",
-            "--synthetic-size",
-            "32",
-            "--num-folds",
-            "3",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--progress",
-            "off",
-            "--out",
-            str(out),
-        ]
+            plugin=plugin,
+            synthetic_size=32,
+            width=None,
+            epochs=1,
+            out=out,
+        )
     )
     assert code == 1  # one cell failed
     err = capsys.readouterr().err

@@ -10,12 +10,15 @@ import platform
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bench import host_memory
 from bench.cli import main
+
+from tiny_runs import cell_settings, run_argv
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -71,27 +74,7 @@ def test_results_do_not_depend_on_host_memory(tmp_path):
     histories = []
     for mode in ("retain", "system"):
         out = tmp_path / mode
-        argv = [
-            "run",
-            "unet_thesis",
-            "--dataset",
-            "synthetic",
-            "--synthetic-count",
-            "12",
-            "--width",
-            "0.0625",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "4",
-            "--deterministic",
-            "--progress",
-            "off",
-            "--host-memory",
-            mode,
-            "--out",
-            str(out),
-        ]
+        argv = run_argv("unet_thesis", deterministic=True, host_memory=mode, out=out)
         subprocess.run([sys.executable, "-m", "bench.cli", *argv], check=True, capture_output=True)
         histories.append(_history(out))
         assert (out / "per_image.csv").is_file()
@@ -112,19 +95,11 @@ def test_free_heap_goes_back_between_cells_of_different_configurations(monkeypat
     monkeypatch.setattr(host_memory, "release_freed_memory", lambda: releases.append(1))
     monkeypatch.setattr(runner, "_last_cell_shape", None)
     split = get_protocol("thesis").split(load_dataset("synthetic", synthetic_count=12))
-    settings = runner.CellSettings(
-        epochs=1,
-        batch_size=4,
-        lr=1e-3,
-        loss="bce",
-        width=0.0625,
-        options={},
-        deterministic=True,
-        progress=False,
-    )
+    settings = cell_settings(epochs=1, batch_size=4)
     cpu = runner.select_device("cpu")
     for seed, width, expected in ((0, 0.0625, 1), (1, 0.0625, 1), (0, 0.125, 2), (0, 0.125, 2)):
-        cell_settings = runner.dataclasses.replace(settings, width=width)
-        cell = runner.train_cell("unet_thesis", seed, None, split, cell_settings, cpu)
+        cell = runner.train_cell(
+            "unet_thesis", seed, None, split, replace(settings, width=width), cpu
+        )
         assert cell.status == "ok", cell.error
         assert len(releases) == expected, (seed, width)

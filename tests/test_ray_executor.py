@@ -24,32 +24,10 @@ import torch
 from bench.cli import main
 from bench.executors import RAY_INSTALL_HINT
 
+from tiny_runs import run_argv
+
 # Two tiny architectures x two seeds, one fold; only the executor flags differ between runs.
-ARGV = [
-    "run",
-    "unet_thesis",
-    "segnet_basic",
-    "--dataset",
-    "synthetic",
-    "--synthetic-count",
-    "12",
-    "--synthetic-size",
-    "48",
-    "--num-folds",
-    "3",
-    "--seeds",
-    "0",
-    "1",
-    "--width",
-    "0.0625",
-    "--epochs",
-    "2",
-    "--batch-size",
-    "4",
-    "--deterministic",
-    "--progress",
-    "off",
-]
+ARGV = run_argv("unet_thesis", "segnet_basic", seeds=[0, 1], deterministic=True)
 # A Ray cell asks for 2 CPUs and so runs on 2 torch threads, as the local run does below:
 # the same reduction order, hence bit-identical numbers.
 THREADS = 2
@@ -213,32 +191,14 @@ def plugin(tmp_path_factory):
 
 
 def plugin_argv(plugin, out, *architectures, epochs):
-    return [
-        "run",
+    return run_argv(
         *architectures,
-        "--plugin",
-        str(plugin),
-        "--dataset",
-        "synthetic",
-        "--synthetic-count",
-        "12",
-        "--synthetic-size",
-        "32",
-        "--num-folds",
-        "3",
-        "--width",
-        "0.0625",
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        "4",
-        "--progress",
-        "off",
-        "--executor",
-        "ray",
-        "--out",
-        str(out),
-    ]
+        plugin=plugin,
+        synthetic_size=32,
+        epochs=epochs,
+        executor="ray",
+        out=out,
+    )
 
 
 def test_plugins_load_in_workers_and_a_raising_task_is_a_failed_cell(ray_session, plugin, tmp_path):

@@ -13,30 +13,9 @@ import torch
 from bench import runner
 from bench.cli import main
 
-ARGV = [
-    "run",
-    "unet_thesis",
-    "--dataset",
-    "synthetic",
-    "--synthetic-count",
-    "12",
-    "--synthetic-size",
-    "48",
-    "--num-folds",
-    "3",
-    "--seeds",
-    "0",
-    "1",
-    "--width",
-    "0.0625",
-    "--epochs",
-    "3",
-    "--batch-size",
-    "4",
-    "--deterministic",
-    "--progress",
-    "off",
-]
+from tiny_runs import run_argv
+
+ARGV = run_argv("unet_thesis", seeds=[0, 1], epochs=3, deterministic=True)
 METRICS = ("jaccard", "dice", "accuracy", "jaccard_legacy")
 
 

@@ -16,6 +16,8 @@ from bench import metrics
 from bench.cli import main
 from bench.results import CELL_COLUMNS, HISTORY_COLUMNS, PER_IMAGE_COLUMNS, SUMMARY_COLUMNS
 
+from tiny_runs import run_argv
+
 TINY = ["--width", "0.0625", "--epochs", "2", "--batch-size", "4", "--progress", "off"]
 
 
@@ -45,25 +47,7 @@ def synthetic_run(tmp_path_factory):
                 return logits * float("nan") if self.training else logits
     """)
     )
-    argv = [
-        "run",
-        "unet_thesis",
-        "segnet_basic",
-        "e2e_nan",
-        "--plugin",
-        str(plugin),
-        "--dataset",
-        "synthetic",
-        "--synthetic-count",
-        "12",
-        "--synthetic-size",
-        "48",
-        "--num-folds",
-        "3",
-        "--out",
-        str(out),
-        *TINY,
-    ]
+    argv = run_argv("unet_thesis", "segnet_basic", "e2e_nan", plugin=plugin, out=out)
     code = main(argv)
     return out, code
 

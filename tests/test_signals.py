@@ -15,6 +15,8 @@ import pytest
 
 from bench.cli import main
 
+from tiny_runs import run_argv
+
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigterm_stops_writes_and_the_hint_resumes(tmp_path):
@@ -39,33 +41,16 @@ def test_sigterm_stops_writes_and_the_hint_resumes(tmp_path):
             return Slow(in_channels, num_classes, 3, padding=1)
         """)
     )
-    argv = [
-        "run",
+    argv = run_argv(
         "slow_fcn",
-        "--plugin",
-        str(plugin),
-        "--dataset",
-        "synthetic",
-        "--synthetic-count",
-        "9",
-        "--synthetic-size",
-        "32",
-        "--num-folds",
-        "3",
-        "--seeds",
-        "0",
-        "1",
-        "--width",
-        "0.0625",
-        "--epochs",
-        "50",
-        "--batch-size",
-        "6",
-        "--progress",
-        "off",
-        "--out",
-        str(out),
-    ]
+        plugin=plugin,
+        synthetic_count=9,
+        synthetic_size=32,
+        seeds=[0, 1],
+        epochs=50,
+        batch_size=6,
+        out=out,
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.cli", *argv],
         stdout=subprocess.PIPE,

@@ -10,7 +10,9 @@ import architectures
 from bench.data import load_dataset
 from bench.errors import ConfigError
 from bench.protocols import get_protocol
-from bench.runner import CellSettings, resolve_speed, train_cell
+from bench.runner import resolve_speed, train_cell
+
+from tiny_runs import cell_settings
 
 CPU = torch.device("cpu")
 
@@ -46,17 +48,7 @@ def test_channels_last_gives_the_same_logits(name):
 
 def tiny_cell(**speed):
     split = get_protocol("thesis").split(load_dataset("synthetic", synthetic_count=24))
-    settings = CellSettings(
-        epochs=2,
-        batch_size=8,
-        lr=1e-3,
-        loss="bce",
-        width=0.0625,
-        options={},
-        deterministic=True,
-        progress=False,
-        **speed,
-    )
+    settings = cell_settings(**speed)
     return train_cell("unet_thesis", 0, None, split, settings, CPU)
 
 

@@ -1,0 +1,58 @@
+"""Tiny training runs for tests: the shared defaults in one place.
+
+``run_argv("unet_thesis", seeds=[0, 1], out=path)`` gives ``bench run`` arguments for a small
+synthetic run; ``cell_settings(epochs=1)`` the runner's settings for one such cell.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.runner import CellSettings
+
+# Small enough for seconds per cell on 2 CPU cores; three folds so a fold has test images.
+RUN_DEFAULTS: dict[str, Any] = {
+    "dataset": "synthetic",
+    "synthetic_count": 12,
+    "synthetic_size": 48,
+    "num_folds": 3,
+    "width": 0.0625,
+    "epochs": 2,
+    "batch_size": 4,
+    "progress": "off",
+}
+
+
+def run_argv(*architectures: str, **flags: Any) -> list[str]:
+    """``bench run`` arguments: ``RUN_DEFAULTS`` updated by ``flags``.
+
+    ``batch_size=4`` gives ``--batch-size 4``; ``True`` a bare switch; ``None`` or ``False``
+    drops the flag; a list or tuple gives several values (``seeds=[0, 1]``).
+    """
+    argv = ["run", *architectures]
+    for name, value in {**RUN_DEFAULTS, **flags}.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def cell_settings(**overrides: Any) -> CellSettings:
+    """Settings of one tiny deterministic cell (as ``run_argv``'s defaults)."""
+    values: dict[str, Any] = {
+        "epochs": 2,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "loss": "bce",
+        "width": 0.0625,
+        "options": {},
+        "deterministic": True,
+        "progress": False,
+    }
+    return CellSettings(**{**values, **overrides})
