@@ -463,6 +463,19 @@ def _pad_to_multiple(
     return F.pad(x, (0, targets[1] - width, 0, targets[0] - height)), (height, width)
 
 
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """The memory format to give a tensor made from ``x``: contiguous or channels-last as
+    ``x`` is; a view that is neither (a crop, a channel slice) counts as channels-last when
+    its channels are its innermost dimension."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1:
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _crop_or_pad_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Crop (or zero-pad) bottom/right to ``size``."""
     height, width = size

@@ -51,6 +51,7 @@ from architectures import (
     _pad_to_multiple,
     _scaled,
     _ThesisHead,
+    memory_format_of,
     register_architecture,
 )
 
@@ -58,10 +59,6 @@ FILTERS = (64, 128, 256, 512, 1024)
 POOLS = (2, 2, 2, 3)
 # (kernel size, stride) of deconv6..deconv9, as in the annex's calls to deconv_block.
 DECONVS = ((2, 3), (2, 2), (3, 2), (2, 2))
-
-
-def _suggested_format(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if x.shape[1] > 1 and x.stride(1) == 1 else torch.contiguous_format
 
 
 class _ConcatPad(torch.autograd.Function):
@@ -80,7 +77,7 @@ class _ConcatPad(torch.autograd.Function):
             (n, sum(channels), height + before + after, width + before + after),
             dtype=dtype,
             device=tensors[0].device,
-            memory_format=_suggested_format(tensors[0]),
+            memory_format=memory_format_of(tensors[0]),
         )
         # Zero only the border strips; the interior is written by the copies.
         out[:, :, :before].zero_()

@@ -47,6 +47,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from architectures import memory_format_of
+
 # torchvision's rgb_to_grayscale weights (note 0.2989, not 0.299), so that the jitter matches
 # torchvision.transforms.v2.functional exactly.
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -217,16 +219,8 @@ def _jitter_masked(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
     keep = params.jitter_on.view(-1, 1, 1, 1)
     # where, not a blend with neutral factors, so un-jittered images stay bit-identical.
     return torch.where(keep, _jitter(images, params), images).contiguous(
-        memory_format=_memory_format(images)
+        memory_format=memory_format_of(images)
     )
-
-
-def _memory_format(images: torch.Tensor) -> torch.memory_format:
-    if images.is_contiguous():
-        return torch.contiguous_format
-    if images.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format  # any other layout: fall back to a contiguous result
 
 
 def _source_index(params: AugmentParams, height: int, width: int) -> torch.Tensor:
@@ -263,7 +257,7 @@ def _apply_geometry(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     batch, channels, height, width = images.shape
     index = _source_index(params, height, width)
-    if _memory_format(images) == torch.channels_last:
+    if not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last):
         # (B·H·W, C) is a free view of channels_last memory; copying whole pixels with
         # index_select keeps that layout and is ~2× faster on the CPU than a gather there.
         pixels = images.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
