@@ -65,7 +65,7 @@ class CellInterrupted(BaseException):
 _after_epoch_hook: Callable[[CellResult, int], None] | None = None
 
 # The configuration of the last cell trained in this process (see _train: host memory).
-_last_cell_shape: tuple | None = None
+_last_cell_config: tuple | None = None
 
 
 def select_device(name: str) -> torch.device:
@@ -440,17 +440,17 @@ def _train(
     # What an earlier cell of another configuration freed goes back first, so this cell's
     # peak memory is its own. After a cell of the same configuration (another seed or
     # fold) the retained heap is what this cell will need: keeping it saves regrowing it.
-    global _last_cell_shape
-    shape = (
+    global _last_cell_config
+    cell_config = (
         result.architecture,
         dataclasses.replace(settings, progress=False, deterministic=False),
         split.train.images.shape,
         split.test.images.shape,
         str(device),
     )
-    if shape != _last_cell_shape:
+    if cell_config != _last_cell_config:
         host_memory.release_freed_memory()
-    _last_cell_shape = shape
+    _last_cell_config = cell_config
     reset_peak_memory(device)
     speed = resolve_speed(settings.amp, settings.channels_last, settings.compile, device)
     if device.type == "cuda" and not settings.deterministic:
