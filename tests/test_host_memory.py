@@ -5,7 +5,6 @@ Each measurement runs in a fresh interpreter: the allocator setting is process-w
 
 from __future__ import annotations
 
-import csv
 import platform
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 
 from bench import host_memory
 from bench.cli import main
+from bench.results import read_csv
 
 from tiny_runs import cell_settings, run_argv
 
@@ -66,8 +66,7 @@ def test_unknown_mode_is_refused(capsys):
 
 
 def _history(out: Path) -> list[tuple[str, str, str]]:
-    with (out / "history.csv").open(newline="") as handle:
-        return [(r["epoch"], r["split"], r["loss"]) for r in csv.DictReader(handle)]
+    return [(r["epoch"], r["split"], r["loss"]) for r in read_csv(out / "history.csv")]
 
 
 def test_results_do_not_depend_on_host_memory(tmp_path):
@@ -93,7 +92,7 @@ def test_free_heap_goes_back_between_cells_of_different_configurations(monkeypat
 
     releases = []
     monkeypatch.setattr(host_memory, "release_freed_memory", lambda: releases.append(1))
-    monkeypatch.setattr(runner, "_last_cell_shape", None)
+    monkeypatch.setattr(runner, "_last_cell_config", None)
     split = get_protocol("thesis").split(load_dataset("synthetic", synthetic_count=12))
     settings = cell_settings(epochs=1, batch_size=4)
     cpu = runner.select_device("cpu")

@@ -24,7 +24,7 @@ import torch
 from bench.cli import main
 from bench.executors import RAY_INSTALL_HINT
 
-from tiny_runs import run_argv
+from tiny_runs import run_argv, slow_plugin_source
 
 # Two tiny architectures x two seeds, one fold; only the executor flags differ between runs.
 ARGV = run_argv("unet_thesis", "segnet_basic", seeds=[0, 1], deterministic=True)
@@ -149,25 +149,12 @@ def test_resume_across_executors(local_run, ray_session, tmp_path, capsys):
     assert_same_results(local_run, out)
 
 
-SLOW_AND_FAILING = """
-import time
-import torch
-from architectures import register_architecture
-
+SLOW_AND_FAILING = (
+    slow_plugin_source("ray_slow_fcn")
+    + """
 
 class Boom(BaseException):  # not an Exception: train_cell does not record it, the task fails
     pass
-
-
-@register_architecture("ray_slow_fcn")
-def slow_fcn(num_classes=3, in_channels=3, width=1.0):
-    class Slow(torch.nn.Conv2d):
-        def forward(self, x):
-            if self.training:
-                time.sleep(0.02)
-            return super().forward(x)
-
-    return Slow(in_channels, num_classes, 3, padding=1)
 
 
 @register_architecture("ray_boom")
@@ -180,6 +167,7 @@ def boom(num_classes=3, in_channels=3, width=1.0):
 
     return Exploding(in_channels, num_classes, 3, padding=1)
 """
+)
 
 
 @pytest.fixture(scope="module")

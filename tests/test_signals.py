@@ -8,39 +8,20 @@ import shlex
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 
 from bench.cli import main
 
-from tiny_runs import run_argv
+from tiny_runs import run_argv, slow_plugin_source
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigterm_stops_writes_and_the_hint_resumes(tmp_path):
     out = tmp_path / "run"
-    # A tiny model that takes a steady 20 ms per training batch, so the run is still
-    # going when the signal arrives, and resuming it is quick.
     plugin = tmp_path / "slow_fcn.py"
-    plugin.write_text(
-        textwrap.dedent("""
-        import time
-        import torch
-        from architectures import register_architecture
-
-        @register_architecture("slow_fcn")
-        def slow_fcn(num_classes=3, in_channels=3, width=1.0):
-            class Slow(torch.nn.Conv2d):
-                def forward(self, x):
-                    if self.training:
-                        time.sleep(0.02)
-                    return super().forward(x)
-
-            return Slow(in_channels, num_classes, 3, padding=1)
-        """)
-    )
+    plugin.write_text(slow_plugin_source("slow_fcn"))
     argv = run_argv(
         "slow_fcn",
         plugin=plugin,

@@ -23,6 +23,27 @@ RUN_DEFAULTS: dict[str, Any] = {
 }
 
 
+def slow_plugin_source(name: str) -> str:
+    """A plugin registering ``name``: a 3x3 conv that sleeps 20 ms per training batch, so a
+    run is still going when a test signals it, and resuming it is quick."""
+    return f"""
+import time
+import torch
+from architectures import register_architecture
+
+
+@register_architecture("{name}")
+def slow_fcn(num_classes=3, in_channels=3, width=1.0):
+    class Slow(torch.nn.Conv2d):
+        def forward(self, x):
+            if self.training:
+                time.sleep(0.02)
+            return super().forward(x)
+
+    return Slow(in_channels, num_classes, 3, padding=1)
+"""
+
+
 def run_argv(*architectures: str, **flags: Any) -> list[str]:
     """``bench run`` arguments: ``RUN_DEFAULTS`` updated by ``flags``.
 
