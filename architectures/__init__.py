@@ -72,6 +72,9 @@ class ArchitectureSpec:
     factory: Callable[..., nn.Module]  # factory(num_classes=3, in_channels=3, width=1.0, **options)
     source: str  # "builtin", "smp", "plugin:<distribution or file>"
     description: str  # one line
+    # What ``width`` scales, in a few words ("every conv stage, min 16 ch", "decoder only;
+    # encoder at full size", "ignored: ..."); shown by ``bench list``; "" = not stated.
+    width_note: str = ""
 
 
 @dataclasses.dataclass
@@ -103,11 +106,16 @@ def _first_doc_line(obj: object) -> str:
 
 
 def register_architecture(
-    name: str, *, description: str | None = None, source: str | None = None
+    name: str,
+    *,
+    description: str | None = None,
+    source: str | None = None,
+    width_note: str | None = None,
 ) -> Callable[[F_], F_]:
     """Decorator registering a factory function (or ``nn.Module`` class) under ``name``.
 
-    ``description`` defaults to the first docstring line. While a plugin is being imported the
+    ``description`` defaults to the first docstring line; ``width_note`` says in a few words
+    what ``width`` scales (``ArchitectureSpec.width_note``). While a plugin is being imported the
     source is always that plugin's, so a plugin cannot pass itself off as a built-in. A name
     registered twice raises :class:`ArchitectureError` naming both sources.
     """
@@ -134,6 +142,7 @@ def register_architecture(
             factory=factory,
             source=effective_source,
             description=" ".join(text.split()),
+            width_note=" ".join((width_note or "").split()),
         )
         if _loading is not None:
             _loading.names.append(name)
@@ -198,7 +207,12 @@ def _ensure_plugins() -> None:
                     raise ArchitectureError("it registered no architecture")
                 for name in loading.names:
                     check_output_shape(name)
-        except Exception as error:  # noqa: BLE001 - any failure of third-party code is reported
+        except KeyboardInterrupt as error:  # Ctrl-C while it hangs: stop, naming it
+            raise ArchitectureError(
+                f"interrupted (Ctrl-C) while importing plugin {dist_name!r} (entry point "
+                f"{entry_point.name} = {entry_point.value}); does it hang at import?"
+            ) from error
+        except BaseException as error:  # noqa: BLE001 - third-party code, sys.exit() included
             message = (
                 f"plugin {dist_name!r} (entry point {entry_point.name} = {entry_point.value}) "
                 f"was skipped: {type(error).__name__}: {error}"
@@ -228,12 +242,42 @@ def plugin_errors() -> dict[str, str]:
     return dict(_plugin_errors)
 
 
+def _plugin_file_error(where: str, stage: str, error: BaseException) -> ArchitectureError:
+    """One plugin file's failure (any ``BaseException``) as an error naming the file.
+
+    A plugin is third-party code: ``sys.exit()`` at import must not end bench silently with
+    its status, and a Ctrl-C while it hangs must say which file was running, not print a
+    traceback from inside it.
+    """
+    if isinstance(error, KeyboardInterrupt):
+        return ArchitectureError(
+            f"{where}: interrupted (Ctrl-C) during its {stage}; nothing was run or written. "
+            "Does it hang, e.g. waiting on the network or on input?"
+        )
+    if isinstance(error, SystemExit):
+        return ArchitectureError(
+            f"{where} called sys.exit({error.code!r}) during its {stage}; a plugin must "
+            "raise an exception instead of exiting"
+        )
+    if isinstance(error, ArchitectureError):
+        return ArchitectureError(f"{where}: {error}")
+    if stage == "import":
+        return ArchitectureError(f"{where} could not be imported: {type(error).__name__}: {error}")
+    return ArchitectureError(f"{where}: {stage} failed: {type(error).__name__}: {error}")
+
+
 def load_plugin_file(path: str | os.PathLike[str], *, validate: bool = True) -> list[str]:
     """Import a Python file that registers architectures; return the names it registered.
 
     Any failure (missing file, import error, duplicate name, a model whose output is not
     ``(1, 3, 120, 120)`` when ``validate``) raises :class:`ArchitectureError` naming the file,
     and nothing it registered stays registered. Loading the same file again is a no-op.
+
+    The file's code runs with every ``BaseException`` caught: ``sys.exit()`` (any status) and
+    other non-``Exception`` errors become that ``ArchitectureError`` too, and so does
+    ``KeyboardInterrupt`` (Ctrl-C while the import or the shape check hangs). ``bench run``
+    therefore exits 2 (bad input: the message names the plugin), not 130: nothing had
+    started, so there is no run to resume.
     """
     _ensure_plugins()
     file = Path(path)
@@ -242,11 +286,12 @@ def load_plugin_file(path: str | os.PathLike[str], *, validate: bool = True) -> 
     resolved = file.resolve()
     if resolved in _plugin_files:
         return list(_plugin_files[resolved])
-    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
+    where = f"plugin file {str(path)!r}"
+    digest = hashlib.sha1(str(resolved).encode("utf-8", "surrogateescape")).hexdigest()[:10]
     module_name = f"_bench_plugin_{re.sub(r'[^0-9A-Za-z_]', '_', file.stem)}_{digest}"
     module_spec = importlib.util.spec_from_file_location(module_name, resolved)
     if module_spec is None or module_spec.loader is None:
-        raise ArchitectureError(f"plugin file {str(path)!r} is not a Python module")
+        raise ArchitectureError(f"{where} is not a Python module")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
     _plugin_modules.add(module_name)
@@ -254,24 +299,19 @@ def load_plugin_file(path: str | os.PathLike[str], *, validate: bool = True) -> 
         with _plugin_context(f"plugin:{file.name}") as loading:
             try:
                 module_spec.loader.exec_module(module)
-            except ArchitectureError as error:
-                raise ArchitectureError(f"plugin file {str(path)!r}: {error}") from error
-            except Exception as error:
-                raise ArchitectureError(
-                    f"plugin file {str(path)!r} could not be imported: "
-                    f"{type(error).__name__}: {error}"
-                ) from error
+            except BaseException as error:  # noqa: BLE001 - see the docstring
+                raise _plugin_file_error(where, "import", error) from error
             if not loading.names:
                 raise ArchitectureError(
-                    f"plugin file {str(path)!r} registered no architecture "
+                    f"{where} registered no architecture "
                     "(decorate a factory with @register_architecture)"
                 )
             if validate:
                 for name in loading.names:
                     try:
                         check_output_shape(name)
-                    except ArchitectureError as error:
-                        raise ArchitectureError(f"plugin file {str(path)!r}: {error}") from error
+                    except BaseException as error:  # noqa: BLE001 - see the docstring
+                        raise _plugin_file_error(where, "shape check", error) from error
     except BaseException:
         sys.modules.pop(module_name, None)
         raise
@@ -440,9 +480,22 @@ def forward_gflops(
 # --------------------------------------------------------------------------- shared model helpers
 
 
+MIN_CHANNELS = 16
+"""The channel floor: ``width`` never makes a built-in's stage narrower than this (see
+:func:`_scaled`). Narrower, a stage is a bottleneck that decides the result more than the
+architecture does (without the floor smp U-Net at width 0.25 had last stages of 8 and 4
+channels and never learnt the nucleus). The thesis models' narrowest stage is 64 channels at
+width 1.0, so the floor changes nothing for them at width >= 0.25."""
+
+
 def _scaled(channels: int, width: float) -> int:
-    """Channel count at ``width``: ``max(1, round(channels * width))``."""
-    return max(1, round(channels * width))
+    """Channel count at ``width``: ``round(channels * width)``, floored at ``MIN_CHANNELS``.
+
+    The floor is ``min(channels, MIN_CHANNELS)``: a stage is never narrower than
+    ``MIN_CHANNELS`` channels, nor widened beyond its published (width 1.0) size. Used by
+    every built-in (thesis models and the smp decoders), so one floor applies to all.
+    """
+    return max(min(channels, MIN_CHANNELS), round(channels * width))
 
 
 def _pad_to_multiple(

@@ -29,7 +29,11 @@ Departures:
   logits cropped back; ``in_channels`` is free.
 
 ``width`` scales every conv / transposed-conv filter count, the 4096-channel fully connected
-layer included (c -> round(c * width), at least 1); the output conv keeps ``num_classes``.
+layer included (c -> round(c * width)), with the registry's channel floor: no stage below
+``architectures.MIN_CHANNELS`` = 16 channels (``architectures._scaled``). The thesis trained
+width 1.0 only, so the floor departs from it nowhere; it only stops the scaling from being
+uniform below width 0.25 (at 0.0625 the first blocks are 16 instead of 4 and 8). The output
+conv keeps ``num_classes``.
 """
 
 from __future__ import annotations
@@ -125,7 +129,9 @@ class DeconvNet(nn.Module):
 @register_architecture(
     "deconvnet",
     description="DeconvNet as in the thesis (VGG-16 convs + mirrored deconvs, pools 1-2-2-2-3)",
+    width_note="every conv stage and the 4096 fc, min 16 ch",
 )
 def deconvnet(num_classes: int = 3, in_channels: int = 3, width: float = 1.0) -> nn.Module:
-    """The thesis's DeconvNet; ``width`` scales every filter count (fc 4096 included)."""
+    """The thesis's DeconvNet; ``width`` scales every filter count (fc 4096 included, at least
+    16 channels)."""
     return DeconvNet(num_classes=num_classes, in_channels=in_channels, width=width)

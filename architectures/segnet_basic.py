@@ -28,8 +28,12 @@ Departures (from the thesis and from Badrinarayanan et al.'s SegNet-Basic):
 * inputs whose sides are not multiples of 24 (2*2*2*3) are zero-padded bottom/right and the
   logits cropped back; ``in_channels`` and ``num_classes`` are free.
 
-``width`` scales every convolution's filter count (64 ... 512 -> round(c * width), at least 1);
-the 1x1 output conv keeps ``num_classes`` filters.
+``width`` scales every convolution's filter count (64 ... 512 -> round(c * width)) with the
+registry's channel floor: no stage below ``architectures.MIN_CHANNELS`` = 16 channels
+(``architectures._scaled``). The thesis trained width 1.0 only, so the floor departs from it
+nowhere; it only stops the scaling from being uniform below width 0.25 (at 0.0625 the
+encoder is 16, 16, 16, 32 instead of 4, 8, 16, 32). The 1x1 output conv keeps
+``num_classes`` filters.
 """
 
 from __future__ import annotations
@@ -104,7 +108,8 @@ class SegNetBasic(nn.Module):
 @register_architecture(
     "segnet_basic",
     description="SegNet-Basic as in the thesis (4+4 convs 7x7, 64-512 filters, index unpooling)",
+    width_note="every conv stage, min 16 ch",
 )
 def segnet_basic(num_classes: int = 3, in_channels: int = 3, width: float = 1.0) -> nn.Module:
-    """The thesis's SegNet-Basic; ``width`` scales every filter count."""
+    """The thesis's SegNet-Basic; ``width`` scales every filter count (at least 16 channels)."""
     return SegNetBasic(num_classes=num_classes, in_channels=in_channels, width=width)

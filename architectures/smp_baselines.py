@@ -9,18 +9,31 @@ Options: ``encoder`` (default ``"resnet34"``, any smp encoder name or ``"tu-<tim
 :class:`ArchitectureError` suggesting ``encoder_weights=None``); any other keyword is passed to
 the smp class unchanged (e.g. ``encoder_depth``, ``decoder_attention_type``).
 
-``width`` scales the decoder's channel counts (round(c * width), at least 1), never the
-encoder, and only where smp exposes them; an explicit smp keyword wins over ``width``:
+``width`` scales the decoder's channel counts (round(c * width)) with the registry's channel
+floor, ``architectures.MIN_CHANNELS`` = 16 (``architectures._scaled``, the same as the thesis
+models'): at width 0.25 U-Net's decoder is 64, 32, 16, 16, 16, not 64, 32, 16, 8, 4. It never
+scales the encoder (smp has no width for it), and only where smp exposes the decoder's
+widths; an explicit smp keyword wins over ``width``. Each architecture's
+``ArchitectureSpec.width_note`` says so in a few words (shown by ``bench list``):
 
 * unet, unetplusplus: ``decoder_channels`` (256, 128, 64, 32, 16);
 * manet: ``decoder_channels`` (256, 128, 64, 32, 16) and ``decoder_pab_channels`` (64);
-* linknet: nothing (its decoder's widths follow the encoder's): ``width`` is ignored;
+* linknet: nothing (smp's Linknet has no decoder width: its widths follow the encoder's,
+  in / 4): ``width`` is ignored;
 * fpn: ``decoder_pyramid_channels`` (256) and ``decoder_segmentation_channels`` (128, kept a
   multiple of 32, at least 32, because smp normalises it with GroupNorm(32));
 * pspnet: ``psp_out_channels`` (512);
 * pan: ``decoder_channels`` (32);
 * deeplabv3, deeplabv3plus, upernet: ``decoder_channels`` (256);
 * segformer: ``decoder_segmentation_channels`` (256).
+
+So at a given width an smp model is mostly its encoder (resnet34: 21.3 M parameters of smp
+U-Net's 21.9 M at width 0.25, against 1.6 M for the thesis U-Net). For a capacity-matched
+comparison choose a small encoder (``--encoder``): the README's "Model size" section lists
+small encoders that build offline with their parameter counts. Some of smp's narrow
+internal layers are part of the published design and are not widths: MAnet's
+squeeze-and-excitation bottlenecks (channels / 16) and PAN's 1-channel attention maps are the
+same at every width.
 
 Input sizes: smp needs sides divisible by the encoder's output stride (asked from smp:
 ``model.encoder.output_stride``, e.g. 32 for a 5-stage ResNet, 8 for PSPNet's 3-stage one, 8/16
@@ -36,13 +49,13 @@ after a global pooling, so training needs batches of at least 2 images.
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 import torch
 from torch import nn
 
 from architectures import _crop_or_pad_to, _pad_to_multiple, _scaled, register_architecture
+from bench.config import encoder_problem
 from bench.errors import ArchitectureError
 
 _UNET_CHANNELS = (256, 128, 64, 32, 16)
@@ -59,7 +72,11 @@ def _fpn_channels(width: float) -> dict[str, Any]:
     }
 
 
-# smp class name -> (one-line description, function of width -> decoder keyword arguments)
+DECODER_ONLY = "decoder only, min 16 ch; encoder at full size"
+LINKNET_NOTE = "ignored: Linknet has no decoder width; encoder at full size"
+
+# smp class name -> (one-line description, function of width -> decoder keyword arguments);
+# every one's width note is DECODER_ONLY except Linknet's (WIDTH_NOTES).
 ARCHITECTURES: dict[str, tuple[str, Any]] = {
     "Unet": ("U-Net decoder with skip concatenations (Ronneberger et al. 2015)", _decoder_channels),
     "UnetPlusPlus": ("nested dense skip pathways (Zhou et al. 2018)", _decoder_channels),
@@ -94,6 +111,9 @@ ARCHITECTURES: dict[str, tuple[str, Any]] = {
         lambda w: {"decoder_segmentation_channels": _scaled(256, w)},
     ),
 }
+WIDTH_NOTES: dict[str, str] = {arch: DECODER_ONLY for arch in ARCHITECTURES} | {
+    "Linknet": LINKNET_NOTE
+}
 
 
 class SmpSegmenter(nn.Module):
@@ -124,18 +144,14 @@ def _is_download_error(error: BaseException) -> bool:
 
 
 def _check_encoder(arch_name: str, encoder: str, encoder_weights: str | None) -> None:
-    """Name the problem before smp raises a bare KeyError."""
-    if encoder.startswith("tu-"):
-        return
+    """Name the problem before smp raises a bare KeyError (the same words as ``--encoder``'s)."""
+    problem = encoder_problem(encoder)
+    if problem is not None:
+        raise ArchitectureError(f"{arch_name}: {problem}")
     from segmentation_models_pytorch.encoders import encoders
 
-    if encoder not in encoders:
-        close = difflib.get_close_matches(encoder, list(encoders), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ArchitectureError(
-            f"{arch_name}: unknown encoder {encoder!r}{hint}; see "
-            "segmentation_models_pytorch.encoders.get_encoder_names(), or use 'tu-<timm model>'"
-        )
+    if encoder not in encoders:  # "tu-" (timm) encoders: the weights are in the name
+        return
     settings = encoders[encoder]["pretrained_settings"]
     if encoder_weights is not None and encoder_weights not in settings:
         raise ArchitectureError(
@@ -197,7 +213,10 @@ def _register(arch: str) -> None:
     factory.__name__ = factory.__qualname__ = f"smp_{arch.lower()}"
     factory.__doc__ = f"segmentation-models-pytorch {arch}: {description}."
     register_architecture(
-        f"smp_{arch.lower()}", description=f"smp {arch}: {description}", source="smp"
+        f"smp_{arch.lower()}",
+        description=f"smp {arch}: {description}",
+        source="smp",
+        width_note=WIDTH_NOTES[arch],
     )(factory)
 
 

@@ -35,8 +35,12 @@ Departures:
   cropped/padded to its skip's size, which is a no-op after that padding;
 * PyTorch layout is channels-first, so the concatenation is along dim 1 (Keras axis 3).
 
-``width`` scales every conv / transposed-conv filter count (64 ... 1024 -> round(c * width),
-at least 1); the 1x1 output conv keeps ``num_classes`` filters.
+``width`` scales every conv / transposed-conv filter count (64 ... 1024 -> round(c * width))
+with the registry's channel floor: no stage below ``architectures.MIN_CHANNELS`` = 16 channels
+(``architectures._scaled``). The thesis trained width 1.0 only, so the floor departs from it
+nowhere; it only stops the scaling from being uniform below width 0.25 (at 0.0625 the stages
+are 16, 16, 16, 32, 64 instead of 4, 8, 16, 32, 64). The 1x1 output conv keeps
+``num_classes`` filters.
 """
 
 from __future__ import annotations
@@ -231,7 +235,8 @@ class UNetThesis(nn.Module):
 @register_architecture(
     "unet_thesis",
     description="U-Net of the thesis annex (Keras, layer for layer; pools 2-2-2-3, 64-1024 ch)",
+    width_note="every conv stage, min 16 ch",
 )
 def unet_thesis(num_classes: int = 3, in_channels: int = 3, width: float = 1.0) -> nn.Module:
-    """The thesis's U-Net; ``width`` scales every filter count."""
+    """The thesis's U-Net; ``width`` scales every filter count (at least 16 channels)."""
     return UNetThesis(num_classes=num_classes, in_channels=in_channels, width=width)

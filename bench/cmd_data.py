@@ -40,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "fetch",
         help="download a dataset and verify its checksums",
         description="Download a dataset archive, extract it safely and verify every file "
-        "against the checksum manifest. Does nothing when the data is already verified.",
+        "against the checksum manifest. Does nothing when the data is already verified; "
+        "never deletes or changes anything it did not create (something else already at "
+        "the target is refused: move it away or pass another --data-dir).",
     )
     fetch.add_argument("name", metavar="NAME", help="dataset name, e.g. wbc1")
     fetch.add_argument("--data-dir", metavar="DIR", help=data_dir_help)
@@ -70,7 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument(
         "--palette",
         metavar="GREY:CLASS,...",
-        help="mask grey value to class index, e.g. 0:0,128:1,255:2 (wbc1 and folder:)",
+        help="mask grey value to class index or name, e.g. 0:0,128:1,255:2 or "
+        "0:background,255:nucleus (wbc1 and folder:)",
     )
     info.set_defaults(func=_info)
 
@@ -91,7 +94,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from bench.data import dataset_info, load_dataset, parse_palette
+    from bench.data import dataset_info, load_dataset, parse_class_names, parse_palette
 
     synthetic_options = {"--count": args.count, "--size": args.size, "--seed": args.seed}
     if args.name != "synthetic":
@@ -107,6 +110,7 @@ def _info(args: argparse.Namespace) -> int:
         kwargs["seed"] = args.seed
     if args.palette is not None:
         kwargs["palette"] = parse_palette(args.palette)
+        kwargs["class_names"] = parse_class_names(args.palette)
     dataset = load_dataset(args.name, args.data_dir, **kwargs)
     info = dataset_info(dataset)
     if args.json:
@@ -133,7 +137,7 @@ def format_info(info: dict[str, Any]) -> str:
             text = ", ".join(f"{split} {size}" for split, size in splits.items())
         else:
             text = str(splits)
-        lines.append(f"  {protocol:<12} {text}")
+        lines.append(f"  {protocol:<14} {text}")
     if info["warnings"]:
         lines.append(f"warnings ({len(info['warnings'])})")
         lines.extend(f"  {warning}" for warning in info["warnings"])

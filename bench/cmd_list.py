@@ -1,18 +1,30 @@
 """``bench list``: the registered architectures, with their size and cost, before choosing one.
 
-    bench list [--json] [--plugin FILE ...] [PATTERN]
+    bench list [--json] [--plugin FILE ...] [--width W] [--encoder E] [PATTERN]
 
-Columns: name, source (builtin, smp, plugin:...), trainable parameters at width 1.0, forward
-GFLOPs for one 3x120x120 image as counted by ``torch.utils.flop_counter.FlopCounterMode``
-(a multiply-add counts 2 flops; batch norm, activations and pooling are not counted), and a
-one-line description. Each architecture is built at width 1.0 and run once on zeros, so a
-broken one is listed with its error instead of stopping the list. A ``--plugin`` file that
-cannot be loaded is reported on stderr, the rest is still listed and the exit status is 2.
+Columns: name, source (builtin, smp, plugin:...), trainable parameters and forward GFLOPs
+of the model *as ``bench run`` would train it* at ``--width`` and (smp baselines only)
+``--encoder`` (defaults: ``bench run``'s, width 1.0 and resnet34), what the width scales
+(``ArchitectureSpec.width_note``: "ignored" where it scales nothing, "encoder at full size"
+where only the decoder is scaled) and a one-line description. GFLOPs are for one 3x120x120
+image, the size ``wbc1`` (padded to its largest image) and the default synthetic data train
+at, as counted by
+``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2 flops; batch norm,
+activations and pooling are not counted).
+
+Each model is built on PyTorch's ``meta`` device (shapes only: no memory, no initialisation,
+no arithmetic), which gives the same counts as a real build in a fraction of the time; a
+model that cannot be built or run there (a plugin doing real arithmetic while it is built) is
+built and run on the CPU instead. A broken architecture is listed with its error instead of
+stopping the list. A ``--plugin`` file that cannot be loaded is reported on stderr, the rest
+is still listed and the exit status is 2; so is a width ``bench run`` refuses (outside
+(0, 4]) or an encoder smp does not know.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -22,14 +34,23 @@ import torch
 SIZE = (120, 120)
 
 
+def _run_defaults() -> dict[str, Any]:
+    """``bench run``'s defaults, so that a plain ``bench list`` describes a plain ``bench run``."""
+    from bench.config import RunConfig
+
+    return {f.name: f.default for f in dataclasses.fields(RunConfig)}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench list``."""
+    defaults = _run_defaults()
     parser = subparsers.add_parser(
         "list",
         help="list the architectures with their parameters and GFLOPs",
-        description="List the registered architectures: source, trainable parameters at "
-        "width 1.0, forward GFLOPs for one 3x120x120 image (torch FlopCounterMode, a "
-        "multiply-add = 2 flops) and a description.",
+        description="List the registered architectures: source, trainable parameters and "
+        "forward GFLOPs for one 3x120x120 image (torch FlopCounterMode, a multiply-add = 2 "
+        "flops) of the model as `bench run` trains it at --width and --encoder, what the "
+        "width scales, and a description.",
     )
     parser.add_argument(
         "pattern",
@@ -40,6 +61,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list of objects")
     parser.add_argument(
+        "--width",
+        type=float,
+        default=defaults["width"],
+        help="channel width multiplier, as bench run's (default %(default)s); no stage of a "
+        "built-in goes below 16 channels",
+    )
+    parser.add_argument(
+        "--encoder",
+        default=defaults["encoder"],
+        help="encoder of the smp_* baselines, as bench run's (default %(default)s)",
+    )
+    parser.add_argument(
         "--plugin",
         action="append",
         default=[],
@@ -49,38 +82,63 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def describe(name: str) -> dict[str, Any]:
-    """One row: build at width 1.0, count parameters and flops; an error becomes a field."""
-    from architectures import (
-        build,
-        check_output_shape,
-        count_parameters,
-        forward_gflops,
-        get_spec,
-    )
+def architecture_options(name: str, encoder: str) -> dict[str, Any]:
+    """The options ``bench run`` builds ``name`` with: the encoder, for the smp baselines."""
+    from architectures import get_spec
+
+    return {"encoder": encoder} if get_spec(name).source == "smp" else {}
+
+
+def describe(name: str, width: float = 1.0, encoder: str = "resnet34") -> dict[str, Any]:
+    """One row: build at ``width`` (and ``encoder`` for smp), count parameters and flops.
+
+    Built on the meta device first (see the module docstring), on the CPU if that fails; an
+    error of the CPU build becomes the row's ``error`` field.
+    """
+    from architectures import get_spec
 
     spec = get_spec(name)
+    options = architecture_options(name, encoder)
     row: dict[str, Any] = {
         "name": name,
         "source": spec.source,
         "params": None,
         "gflops": None,
+        "width": width,
+        "encoder": options.get("encoder"),
+        "width_note": spec.width_note,
         "description": spec.description,
     }
     try:
-        model = build(name, width=1.0)
-        row["params"] = count_parameters(model)
-        outputs: list[Any] = []
-        hook = model.register_forward_hook(lambda _module, _inputs, out: outputs.append(out))
+        params, gflops = _measure(name, width, options, torch.device("meta"))
+    except Exception:  # noqa: BLE001 - shapes-only builds are an optimisation: retry for real
         try:
-            row["gflops"] = round(forward_gflops(model, SIZE), 4)
-        finally:
-            hook.remove()
-        # The flop-counting forward already gave the output: check its shape without rerunning.
-        check_output_shape(name, _Replay(outputs[-1]) if outputs else model, size=SIZE)
-    except Exception as error:  # noqa: BLE001 - one broken architecture must not stop the list
-        row["error"] = f"{type(error).__name__}: {error}"
+            params, gflops = _measure(name, width, options, torch.device("cpu"))
+        except Exception as error:  # noqa: BLE001 - one broken architecture must not stop the list
+            row["error"] = f"{type(error).__name__}: {error}"
+            return row
+    row["params"], row["gflops"] = params, round(gflops, 4)
     return row
+
+
+def _measure(
+    name: str, width: float, options: dict[str, Any], device: torch.device
+) -> tuple[int, float]:
+    """Build ``name`` on ``device``; its trainable parameters and forward GFLOPs at ``SIZE``."""
+    from architectures import build, check_output_shape, count_parameters, forward_gflops
+
+    with device:
+        model = build(name, width=width, **options)
+    params = count_parameters(model)
+    outputs: list[Any] = []
+    hook = model.register_forward_hook(lambda _module, _inputs, out: outputs.append(out))
+    try:
+        gflops = forward_gflops(model, SIZE)
+    finally:
+        hook.remove()
+    # The flop-counting forward already gave the output: check its shape without rerunning.
+    check_output_shape(name, _Replay(outputs[-1]) if outputs else model, size=SIZE)
+    return params, gflops
 
 
 class _Replay(torch.nn.Module):
@@ -94,22 +152,47 @@ class _Replay(torch.nn.Module):
         return self.output
 
 
+def _caption(width: float, encoder: str | None) -> str:
+    """What the numbers are of: the width, the smp encoder (when an smp row is listed)."""
+    smp = f", smp encoder {encoder}" if encoder is not None else ""
+    return (
+        f"width {width:g}{smp}: parameters and GFLOPs (one 3x{SIZE[0]}x{SIZE[1]} image) "
+        "of the models as bench run trains them"
+    )
+
+
 def _format_table(rows: list[dict[str, Any]]) -> str:
-    header = ("NAME", "SOURCE", "PARAMS", "GFLOPS", "DESCRIPTION")
+    header = ("NAME", "SOURCE", "PARAMS", "GFLOPS", "WIDTH SCALES", "DESCRIPTION")
     lines = []
     for row in rows:
         params = f"{row['params']:,}" if row["params"] is not None else "-"
         gflops = f"{row['gflops']:.2f}" if row["gflops"] is not None else "-"
+        note = row["width_note"] or "not stated"
         text = f"ERROR {row['error']}" if "error" in row else row["description"]
-        lines.append((row["name"], row["source"], params, gflops, text))
-    widths = [max(len(str(cells[i])) for cells in [header, *lines]) for i in range(4)]
+        lines.append((row["name"], row["source"], params, gflops, note, text))
+    widths = [max(len(str(cells[i])) for cells in [header, *lines]) for i in range(5)]
     out = []
     for cells in [header, *lines]:
         out.append(
             f"{cells[0]:<{widths[0]}}  {cells[1]:<{widths[1]}}  {cells[2]:>{widths[2]}}  "
-            f"{cells[3]:>{widths[3]}}  {cells[4]}"
+            f"{cells[3]:>{widths[3]}}  {cells[4]:<{widths[4]}}  {cells[5]}"
         )
     return "\n".join(out)
+
+
+def _check_arguments(args: argparse.Namespace, names: list[str]) -> None:
+    """Bad input is refused before anything is built (exit status 2, naming the option)."""
+    from bench.config import WIDTH_MAX
+    from bench.errors import ConfigError
+
+    if not 0 < args.width <= WIDTH_MAX:  # NaN fails too
+        raise ConfigError(f"--width must be in (0, {WIDTH_MAX:g}] (got {args.width}), as for run")
+    if names and any(architecture_options(name, args.encoder) for name in names):
+        from bench.config import encoder_problem
+
+        problem = encoder_problem(args.encoder)
+        if problem is not None:
+            raise ConfigError(f"--encoder: {problem}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
     from architectures import available, load_plugin_file, plugin_errors
     from bench.errors import ArchitectureError
 
+    _check_arguments(args, [])
     status = 0
     for path in args.plugin:
         try:
@@ -126,10 +210,14 @@ def run(args: argparse.Namespace) -> int:
             status = 2
     for message in plugin_errors().values():
         print(f"bench: warning: architecture {message}", file=sys.stderr)
-    rows = [describe(name) for name in available(args.pattern)]
+    names = available(args.pattern)
+    _check_arguments(args, names)
+    rows = [describe(name, args.width, args.encoder) for name in names]
     if args.json:
         print(json.dumps(rows, indent=2))
     elif rows:
+        encoder = args.encoder if any(row["encoder"] for row in rows) else None
+        print(_caption(args.width, encoder))
         print(_format_table(rows))
     else:
         print(f"no architecture matches {args.pattern!r}", file=sys.stderr)

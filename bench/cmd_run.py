@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from bench.config import AMP_MODES, DEVICES, EXECUTORS, FIELD_TYPES, LOSSES, SWITCHES, build_config
+from bench.config import (
+    AMP_MODES,
+    DEFAULT_LR_GRID,
+    DEVICES,
+    EXECUTORS,
+    FIELD_TYPES,
+    LOSSES,
+    SWITCHES,
+    build_config,
+)
 from bench.errors import ConfigError
 from bench.host_memory import HOST_MEMORY_MODES
 
@@ -38,9 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--palette",
         metavar="GREY:CLASS,...",
-        help="folder datasets: mask value to class index (default 0:0,128:1,255:2)",
+        help="folder datasets: mask value to class index or name, e.g. 0:background,"
+        "255:nucleus (default 0:0,128:1,255:2, the WBC classes); class 0 is background",
     )
-    run.add_argument("--protocol", choices=("clean", "thesis"), help="default clean")
+    run.add_argument(
+        "--protocol", choices=("clean", "thesis", "thesis-noleak"), help="default clean"
+    )
     run.add_argument("--fold", type=int, help="test fold of the clean protocol (default 0)")
     run.add_argument("--folds", choices=("all",), help="'all': run every fold")
     run.add_argument("--num-folds", type=int, help="k of the k-fold split (default 5)")
@@ -49,6 +60,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--epochs", type=int, help="default: the protocol's (30)")
     run.add_argument("--batch-size", type=int, help="default: the protocol's (20)")
     run.add_argument("--lr", type=float, help="Adam learning rate (default: the protocol's)")
+    run.add_argument(
+        "--lr-search",
+        action="store_true",
+        default=None,
+        help="pick each architecture's learning rate from --lr-grid by foreground Dice on a "
+        "validation split (20%% of the training images, by source image); each rate trains "
+        "for the full epochs, so a cell costs about 1 + 0.8 x grid size trainings",
+    )
+    run.add_argument(
+        "--lr-grid",
+        type=_float_list,
+        nargs="+",
+        metavar="LR[,LR...]",
+        help=f"learning rates --lr-search tries (default {','.join(map(str, DEFAULT_LR_GRID))})",
+    )
     run.add_argument("--loss", choices=LOSSES, help="default: the protocol's")
     run.add_argument("--width", type=float, help="channel width multiplier (1.0 = thesis)")
     run.add_argument("--encoder", help="encoder of the smp_* baselines (default resnet34)")
@@ -87,6 +113,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     speed.add_argument(
         "--compile", action="store_true", default=None, help="torch.compile each model"
     )
+    speed.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch intra-op threads of each cell, on every executor (default: with "
+        "--deterministic this process's count, recorded in config.json; otherwise the "
+        "local process's count, or --cpus-per-task for a Ray cell)",
+    )
     run.add_argument(  # faster too, but never moves a result: not in the speed group
         "--host-memory",
         choices=HOST_MEMORY_MODES,
@@ -115,6 +149,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.set_defaults(func=report_command)
 
 
+def _float_list(text: str) -> list[float]:
+    """``"1e-4,3e-4"`` → ``[0.0001, 0.0003]`` (an argparse type: a bad number is exit 2)."""
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of numbers: {text!r}"
+        ) from None
+
+
 def run_command(args: argparse.Namespace) -> int:
     from bench.suite import SuiteInterrupted, run_suite
 
@@ -123,6 +167,8 @@ def run_command(args: argparse.Namespace) -> int:
     values["architectures"] = tuple(args.architectures) or None
     values["seeds"] = tuple(args.seeds) if args.seeds else None
     values["plugins"] = tuple(args.plugins) if args.plugins else None
+    # "--lr-grid 1e-4,3e-4 1e-3": commas and spaces both separate
+    values["lr_grid"] = tuple(v for part in args.lr_grid for v in part) if args.lr_grid else None
     config = build_config(values, args.config)
     try:
         outcome = run_suite(config, argv=sys.argv[1:] if args.argv is None else args.argv)
@@ -135,16 +181,17 @@ def run_command(args: argparse.Namespace) -> int:
         return 130
     print(f"results: {outcome.out_dir}/report.md")
     if outcome.failed:
-        names = ", ".join(sorted({c.architecture for c in outcome.failed}))
+        names = ", ".join(sorted({c.row["architecture"] for c in outcome.failed}))
         print(f"{len(outcome.failed)} run(s) failed: {names} (see summary.csv)", file=sys.stderr)
     return outcome.exit_code
 
 
 def report_command(args: argparse.Namespace) -> int:
     from bench.report import render_run
+    from bench.run_dir import RunDir
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise ConfigError(f"{run_dir}: not a run directory (no config.json)")
-    print(render_run(run_dir))
+    run = RunDir(args.run_dir)
+    if not run.is_run():
+        raise ConfigError(f"{run.path}: not a run directory (no config.json)")
+    print(render_run(run.path))
     return 0

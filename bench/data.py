@@ -25,18 +25,25 @@ Dataset specs accepted by :func:`load_dataset`:
 
 Bad input is never silently used: an image without a mask (or a mask without an image),
 two images with one stem, an image/mask size mismatch, an unreadable or truncated file, a
-colour mask or an empty folder raise :class:`~bench.errors.DataError` naming the file.
+colour mask, an image over the pixel cap (:data:`bench.images.MAX_IMAGE_PIXELS`), a file
+or folder name that is not valid UTF-8 (the stems become image IDs in CSV and JSON) or an
+empty folder raise :class:`~bench.errors.DataError` naming the file.
 Mask values off the palette are mapped to the nearest palette value and counted in a
-warning (``dataset.warnings`` and :func:`warnings.warn`) that names the mask file.
+warning (``dataset.warnings`` and :func:`warnings.warn`) that names the mask file: that
+repairs anti-aliased or re-compressed edges. Masks in another encoding are refused instead
+(:func:`check_mask_values`): values that look like class indices (all in ``0..K-1``, some
+off the palette, e.g. 0/1/2 under the WBC palette) or more than
+:data:`OFF_PALETTE_LIMIT` of the dataset's mask pixels off the palette.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import os
+import re
 import warnings
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +73,13 @@ DATA_DIR_ENV = "BENCH_DATA_DIR"
 # In the single-folder layout, masks are the .png files and images these.
 _FLAT_IMAGE_SUFFIXES = (".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 _DATASET_NAMES = ("synthetic", "wbc1")
+
+# Above this share of a dataset's mask pixels off the palette, the masks use another
+# encoding and are refused. Edge damage (anti-aliasing, re-compression) is a band one or two
+# pixels wide along class boundaries: a few per cent of the pixels of WBC-sized cells (none
+# in the real wbc1 masks). A quarter off the palette is not damage, and nearest-value mapping
+# would invent labels (64 is as near 0 as 128 under the WBC palette).
+OFF_PALETTE_LIMIT = 0.25
 
 
 class DataWarning(UserWarning):
@@ -153,24 +167,58 @@ def load_card(name: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- palettes
 
 
-def parse_palette(text: str, option: str = "--palette") -> dict[int, int]:
-    """Parse ``"0:0,128:1,255:2"`` (grey value : class index) for command lines."""
-    mapping: dict[int, int] = {}
+def _parse_palette_items(text: str, option: str) -> tuple[dict[int, int], tuple[str, ...] | None]:
+    """``GREY:CLASS`` pairs, CLASS a class index (``0:0,128:1,255:2``) or a class name
+    (``0:background,255:nucleus``: indices in order of first appearance, names kept)."""
+    pairs: list[tuple[str, str]] = []
     for item in text.split(","):
         item = item.strip()
         if not item:
             continue
-        grey, sep, index = item.partition(":")
-        try:
-            if not sep:
-                raise ValueError
-            mapping[int(grey)] = int(index)
-        except ValueError:
+        grey, sep, target = item.partition(":")
+        if not sep or not grey.strip() or not target.strip():
             raise ConfigError(
-                f"{option}: expected GREY:CLASS pairs like 0:0,128:1,255:2, got {item!r}"
-            ) from None
+                f"{option}: expected GREY:CLASS pairs like 0:0,128:1,255:2 or "
+                f"0:background,255:nucleus, got {item!r}"
+            )
+        pairs.append((grey.strip(), target.strip()))
+    named = [not t.lstrip("-").isdigit() for _, t in pairs]
+    if any(named) and not all(named):
+        raise ConfigError(
+            f"{option}: give every class as an index or every class as a name, not both "
+            f"(got {text!r})"
+        )
+    names: list[str] = []
+    mapping: dict[int, int] = {}
+    for grey, target in pairs:
+        try:
+            value = int(grey)
+        except ValueError:
+            raise ConfigError(f"{option}: grey value {grey!r} is not an integer") from None
+        if any(named):
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", target):
+                raise ConfigError(
+                    f"{option}: class name {target!r} must start with a letter and hold "
+                    "only letters, digits, '_' and '-'"
+                )
+            if target not in names:
+                names.append(target)
+            mapping[value] = names.index(target)
+        else:
+            mapping[value] = int(target)
     check_palette(mapping, option)
-    return mapping
+    return mapping, (tuple(names) if names else None)
+
+
+def parse_palette(text: str, option: str = "--palette") -> dict[int, int]:
+    """Parse ``"0:0,128:1,255:2"`` or ``"0:background,255:nucleus"`` into grey value ->
+    class index, for command lines."""
+    return _parse_palette_items(text, option)[0]
+
+
+def parse_class_names(text: str, option: str = "--palette") -> tuple[str, ...] | None:
+    """The class names a ``--palette`` gives (``0:background,255:nucleus``), else None."""
+    return _parse_palette_items(text, option)[1]
 
 
 def _is_int(value: object) -> bool:
@@ -194,19 +242,41 @@ def check_palette(palette: Mapping[int, int], option: str = "palette") -> None:
         )
 
 
-def _palette_meta(palette: Mapping[int, int]) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """Class names and the grey value written for each class (first grey listed per class)."""
+def _palette_meta(
+    palette: Mapping[int, int], class_names: Sequence[str] | None = None
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Class names (given, the WBC ones, else ``class0..classK``) and the grey value
+    written for each class (the first grey listed per class)."""
     n = max(palette.values()) + 1
     grey_for: dict[int, int] = {}
     for grey, index in palette.items():
         grey_for.setdefault(int(index), int(grey))
     greys = tuple(grey_for[i] for i in range(n))
+    if class_names is not None:
+        if len(class_names) != n:
+            raise ConfigError(f"palette: {len(class_names)} class names for {n} classes")
+        return tuple(class_names), greys
     if dict(palette) == WBC_PALETTE_MAP:
         return WBC_CLASS_NAMES, WBC_PALETTE
     return tuple(f"class{i}" for i in range(n)), greys
 
 
 # --------------------------------------------------------------------------- folders
+
+
+def _check_utf8(text: str, what: str) -> None:
+    """Refuse a name that is not valid UTF-8 (os.fsdecode keeps such bytes as surrogates).
+
+    Image IDs (file stems) and paths are written to CSV, JSON and Markdown as UTF-8: such a
+    name would train, then fail to be written after the results of the first files were.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(
+            f"{what} is not valid UTF-8; image IDs and paths are written to the results as "
+            "UTF-8: rename it"
+        ) from None
 
 
 def _files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
@@ -217,6 +287,7 @@ def _files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
             continue
         if path.suffix.lower() not in suffixes:
             continue
+        _check_utf8(path.name, f"file name {path.name!r} in {folder}")
         if path.stem in found:
             raise DataError(
                 f"two files share the stem {path.stem!r}: {found[path.stem]} and {path}"
@@ -230,6 +301,7 @@ def find_pairs(folder: str | os.PathLike[str]) -> list[tuple[str, Path, Path]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"dataset folder not found: {folder}")
+    _check_utf8(str(folder), f"dataset folder {str(folder)!r}")
     if (folder / "images").is_dir() and (folder / "masks").is_dir():
         images = _files(folder / "images", IMAGE_SUFFIXES)
         masks = _files(folder / "masks", MASK_SUFFIXES)
@@ -252,10 +324,8 @@ def find_pairs(folder: str | os.PathLike[str]) -> list[tuple[str, Path, Path]]:
     return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
 
 
-def load_pair(
-    image_path: Path, mask_path: Path, palette: Mapping[int, int]
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Read one pair: ``(image RGB, mask class indices, off-palette pixel count)``."""
+def _read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(image RGB, raw mask grey values)`` of one pair, their sizes checked."""
     image = read_image(image_path)
     grey = read_mask(mask_path)
     if image.shape[:2] != grey.shape:
@@ -264,24 +334,94 @@ def load_pair(
         raise DataError(
             f"size mismatch: image {image_path} is {w}x{h} but mask {mask_path} is {mw}x{mh}"
         )
+    return image, grey
+
+
+def load_pair(
+    image_path: Path, mask_path: Path, palette: Mapping[int, int]
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Read one pair: ``(image RGB, mask class indices, off-palette pixel count)``."""
+    image, grey = _read_pair(image_path, mask_path)
     classes, off = mask_to_classes(grey, palette)
     return image, classes, off
 
 
-def _load_pairs(name: str, folder: Path, palette: Mapping[int, int]) -> SegmentationDataset:
-    names, greys = _palette_meta(palette)
+def check_mask_values(
+    name: str,
+    palette: Mapping[int, int],
+    histogram: np.ndarray,
+    example: Path | None,
+) -> None:
+    """Refuse masks in another encoding than ``palette``; nearest-value repair is for edges.
+
+    ``histogram[v]`` counts the dataset's mask pixels of grey value ``v``; ``example`` is the
+    mask with the most off-palette pixels (named in the message). Refused: values that look
+    like class indices (all in ``0..K-1`` and some off the palette) and more than
+    :data:`OFF_PALETTE_LIMIT` of all pixels off the palette.
+    """
+    keys = sorted(palette)
+    on_palette = np.zeros(256, dtype=bool)
+    on_palette[keys] = True
+    total = int(histogram.sum())
+    off = int(histogram[~on_palette].sum())
+    if total == 0 or off == 0:
+        return
+    n_classes = max(palette.values()) + 1
+    seen = np.flatnonzero(histogram)
+    share = off / total
+    where = f"dataset {name!r}: masks (e.g. {example})"
+    if int(seen.max()) < n_classes:
+        identity = ",".join(f"{i}:{i}" for i in range(n_classes))
+        raise DataError(
+            f"{where} hold class indices, not the palette's grey values: their values are "
+            f"{', '.join(str(int(v)) for v in seen)} while the palette expects {keys}; "
+            f"{share:.1%} of the pixels would be mapped to the nearest palette value. Pass "
+            f"--palette {identity} to read them as class indices"
+        )
+    if share > OFF_PALETTE_LIMIT:
+        common = ", ".join(
+            f"{int(v)} ({histogram[v] / total:.1%})"
+            for v in np.argsort(-histogram, kind="stable")[:6]
+            if histogram[v]
+        )
+        if len(seen) == n_classes:
+            guess = ",".join(f"{int(v)}:{i}" for i, v in enumerate(seen))
+            hint = f"--palette {guess} if these values are the classes in order"
+        else:
+            hint = "--palette GREY:CLASS,... naming the values the masks use"
+        raise DataError(
+            f"{where} do not use the palette {keys}: {share:.1%} of their pixels are off it "
+            f"(at most {OFF_PALETTE_LIMIT:.0%} is repaired as edge damage); the most common "
+            f"values are {common}. Pass {hint}"
+        )
+
+
+def _load_pairs(
+    name: str,
+    folder: Path,
+    palette: Mapping[int, int],
+    class_names: Sequence[str] | None = None,
+) -> SegmentationDataset:
+    names, greys = _palette_meta(palette, class_names)
     samples = []
     problems = []
+    histogram = np.zeros(256, dtype=np.int64)  # raw mask values over the whole dataset
+    worst: tuple[int, Path | None] = (0, None)
     for stem, image_path, mask_path in find_pairs(folder):
-        image, mask, off = load_pair(image_path, mask_path, palette)
+        image, grey = _read_pair(image_path, mask_path)
+        histogram += np.bincount(grey.ravel(), minlength=256)
+        mask, off = mask_to_classes(grey, palette)
         if off:
-            message = (
+            problems.append(
                 f"{mask_path}: {off} pixels with values off the palette "
                 f"{sorted(palette)} were mapped to the nearest palette value"
             )
-            problems.append(message)
-            warnings.warn(message, DataWarning, stacklevel=3)
+            worst = max(worst, (off, mask_path), key=lambda item: item[0])
         samples.append(Sample(stem, image, mask, str(image_path)))
+    # Before any warning: a refused dataset should say one thing, not warn per mask first.
+    check_mask_values(name, palette, histogram, worst[1])
+    for message in problems:
+        warnings.warn(message, DataWarning, stacklevel=3)
     return SegmentationDataset(
         name=name,
         class_names=names,
@@ -316,11 +456,13 @@ def load_dataset(
     synthetic_size: int = 120,
     seed: int = 0,
     palette: dict[int, int] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> SegmentationDataset:
     """Load ``wbc1``, ``synthetic`` or ``folder:PATH`` into memory (see the module docstring).
 
-    ``palette`` (grey value -> class index) applies to ``wbc1`` and ``folder:`` datasets;
-    ``synthetic_count``, ``synthetic_size`` and ``seed`` to ``synthetic`` only.
+    ``palette`` (grey value -> class index) and ``class_names`` (one per class index)
+    apply to ``wbc1`` and ``folder:`` datasets; ``synthetic_count``, ``synthetic_size`` and
+    ``seed`` to ``synthetic`` only.
     """
     if palette is not None:
         check_palette(palette)
@@ -338,13 +480,13 @@ def load_dataset(
         )
     if spec == "wbc1":
         root = wbc1_root(data_dir)
-        return _load_pairs("wbc1", root / WBC1_SUBDIR, palette or WBC_PALETTE_MAP)
+        return _load_pairs("wbc1", root / WBC1_SUBDIR, palette or WBC_PALETTE_MAP, class_names)
     if spec.startswith("folder:"):
         raw = spec[len("folder:") :]
         if not raw:
             raise ConfigError("dataset 'folder:' needs a path, e.g. folder:/data/my_cells")
         folder = Path(raw).expanduser().resolve()
-        return _load_pairs(f"folder:{folder}", folder, palette or WBC_PALETTE_MAP)
+        return _load_pairs(f"folder:{folder}", folder, palette or WBC_PALETTE_MAP, class_names)
     raise ConfigError(f"unknown dataset {spec!r}; known: {', '.join(available_datasets())}")
 
 

@@ -13,6 +13,11 @@ of this package (and ``--plugin`` files at the same absolute path), not the run 
 Mid-cell epoch checkpoints are written only by tasks that can see the run directory at the
 driver's path (same machine, or a shared filesystem mounted there); elsewhere an
 interrupted cell restarts from its first epoch, which gives the same numbers.
+
+Threads: on a CPU the number of torch intra-op threads decides how kernels split their
+sums, so it changes the numbers. Under ``--deterministic`` it is therefore part of the
+run's configuration (:func:`resolve_threads`): both executors train every cell with that
+count (``CellSettings.threads``), so the executor never changes a result.
 """
 
 from __future__ import annotations
@@ -32,11 +37,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+
 import architectures
 from bench import environment
 from bench.config import RunConfig
 from bench.errors import BenchError, ConfigError
 from bench.protocols import ProtocolSplit
+from bench.run_dir import RunDir
 from bench.runner import CellInterrupted, CellResult, CellSettings, select_device, train_cell
 
 RAY_INSTALL_HINT = 'pip install -c constraints.txt -e ".[ray]"'
@@ -181,6 +189,51 @@ def check_reachable(config: RunConfig) -> None:
         ) from None
 
 
+def resolve_threads(config: RunConfig, out_dir: str | Path | None = None) -> int | None:
+    """The torch intra-op threads every cell of the run trains with (None: placement decides).
+
+    ``--threads`` when given. Otherwise, under ``--deterministic``, the count recorded by
+    the run being resumed in ``out_dir`` (``--out``: a resumption, by either executor or on
+    another machine, computes what the interrupted run did), else this process's
+    ``torch.get_num_threads()``. The value goes into config.json's resolved configuration
+    (so a resumption with another ``--threads`` is refused) and into every cell's settings.
+
+    Why this process's count and not a constant such as 1: a deterministic run is then as
+    fast locally as a plain one (1 thread would halve the speed of a 2-core machine), and
+    Ray tasks get the same count, so local and Ray runs agree by default. The price: the
+    default depends on the driver's machine; config.json records it, and ``--threads N``
+    reproduces the run elsewhere. (CPUs of another kind may still round differently.)
+
+    Without ``--deterministic`` and ``--threads`` the count stays placement: a local cell
+    uses the process's threads, a Ray cell ``--cpus-per-task``; None is recorded.
+    """
+    if config.threads is not None:
+        return config.threads
+    if not config.deterministic:
+        return None
+    run = RunDir(out_dir) if out_dir is not None else None
+    if run is not None and run.is_run():
+        try:
+            earlier_config = run.read_meta()["config"]
+        except BenchError:
+            earlier_config = None  # bench.suite.check_resumable reports the broken file
+        if isinstance(earlier_config, dict):
+            if "threads" not in earlier_config:
+                # Written before --threads existed: its cells ran with placement's count;
+                # None keeps doing that, and keeps it resumable.
+                return None
+            recorded = earlier_config["threads"]
+            if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1:
+                if recorded != torch.get_num_threads():
+                    print(
+                        f"resuming {out_dir} with --threads {recorded}, as it was started "
+                        f"(this process has {torch.get_num_threads()})",
+                        file=sys.stderr,
+                    )
+                return recorded
+    return torch.get_num_threads()
+
+
 def task_device_name(device: str, gpus_per_task: float) -> str:
     """The device a Ray task uses: ``auto`` means CPU when the task reserved no GPU."""
     if device == "auto" and gpus_per_task == 0:
@@ -198,11 +251,10 @@ def _ray_cell(
     probe: tuple[str, str],
 ) -> tuple[CellResult, dict[str, Any]]:
     """The body of one Ray task: train the cell on this worker; return it and the worker."""
-    import torch
-
     hostname = socket.gethostname()
-    # Use the CPUs the task asked for, no more (Ray sets OMP_NUM_THREADS, torch may not).
-    torch.set_num_threads(max(1, int(cpus_per_task)))
+    # Use the CPUs the task asked for, no more (Ray sets OMP_NUM_THREADS, torch may not),
+    # unless the run fixes the count: then train_cell applies job.settings.threads.
+    torch.set_num_threads(job.settings.threads or max(1, int(cpus_per_task)))
     try:
         # Architectures of --plugin files exist in a worker only once it loaded them too.
         for plugin in plugins:
@@ -275,6 +327,7 @@ class RayExecutor:
                 name="bench-cell",
             )
             device = task_device_name(self.config.device, self.config.gpus_per_task)
+            self._warn_threads(jobs[0].settings.threads)
             plugins = tuple(str(Path(p).resolve()) for p in self.config.plugins)
             for job in jobs:
                 remote_job = dataclasses.replace(
@@ -383,6 +436,18 @@ class RayExecutor:
         if started and ray_address(self.config) == "local":  # no node will join it
             raise ConfigError(message)
         print(f"ray: warning: {message}; tasks wait until such a node joins", file=sys.stderr)
+
+    def _warn_threads(self, threads: int | None) -> None:
+        """Cells that train with more threads than they reserve CPUs share cores."""
+        if threads is None or threads <= self.config.cpus_per_task:
+            return
+        print(
+            f"ray: note: each cell trains with {threads} torch threads (--threads, or under "
+            f"--deterministic this process's count) but reserves --cpus-per-task "
+            f"{self.config.cpus_per_task:g}, so cells share cores; --cpus-per-task {threads} "
+            "reserves them (or set a smaller --threads)",
+            file=sys.stderr,
+        )
 
     def _collect(self, ref: Any, job: CellJob, interrupted: bool) -> CellResult | None:
         """The task's result; a task that raised becomes a failed cell (None if stopped)."""

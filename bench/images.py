@@ -3,7 +3,8 @@
 Every reader forces a full decode (``Image.load()``) so that a truncated or corrupt file
 fails here, with a :class:`~bench.errors.DataError` naming it, instead of producing a
 half-grey image that silently poisons a benchmark. Pillow's ``LOAD_TRUNCATED_IMAGES`` is
-never switched on.
+never switched on. An image over :data:`MAX_IMAGE_PIXELS` (4096 x 4096) is refused from its
+header, before decoding, and so is anything Pillow flags as a decompression bomb.
 
 * Images come back as ``uint8`` arrays of shape ``(H, W, 3)`` in RGB order; grey (``L``),
   palette (``P``), ``RGBA``/``LA`` (alpha dropped), 1-bit and 16-bit images are converted.
@@ -16,36 +17,61 @@ never switched on.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile
 
+from bench.atomic import atomic_write_png
 from bench.errors import DataError
-from bench.results import atomic_write_png
 
 # Refuse to guess at missing bytes: a truncated file must raise, not load half-grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+# Pixels per image (4096 x 4096 = 16.7 Mpx), checked from the file's header before decoding:
+# a 140 KB PNG can declare 12000 x 12000 and decode to gigabytes. At the cap one image is
+# 48 MiB as RGB uint8, and the data sets are held in memory and padded to the largest size.
+MAX_IMAGE_PIXELS = 4096 * 4096
+
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".gif")
 
-_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
 
 
 def _open_decoded(path: str | os.PathLike[str], what: str) -> Image.Image:
-    """Open and fully decode ``path``; any failure becomes a DataError naming the file."""
+    """Open and fully decode ``path``; any failure becomes a DataError naming the file.
+
+    The size in the header is checked against :data:`MAX_IMAGE_PIXELS` before any pixel is
+    decoded, and Pillow's own decompression-bomb warning is an error here.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} file not found: {path}")
     try:
-        with Image.open(path) as img:
-            img.load()
-            # Detach from the file handle: the returned image holds its decoded pixels.
-            return img.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise DataError(_over_cap(what, path, f"{width}x{height} pixels"))
+                img.load()
+                # Detach from the file handle: the returned image holds its decoded pixels.
+                return img.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # Pillow's own limit (89 Mpx) fires inside Image.open, before the check above.
+        raise DataError(_over_cap(what, path, str(error))) from error
     except _READ_ERRORS as error:
         raise DataError(f"cannot read {what} {path}: {error}") from error
+
+
+def _over_cap(what: str, path: Path, detail: str) -> str:
+    return (
+        f"{what} {path} is too large ({detail}): the cap is {MAX_IMAGE_PIXELS} "
+        "(4096x4096) pixels per image (bench.images.MAX_IMAGE_PIXELS); tile or downscale it"
+    )
 
 
 def _wide_to_uint8(array: np.ndarray, path: Path, what: str) -> np.ndarray:

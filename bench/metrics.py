@@ -124,7 +124,8 @@ def image_metrics(
     classes: Mapping[str, Sequence[int]] = WBC_METRIC_CLASSES,
     empty: float = 1.0,
 ) -> dict[str, dict[str, float]]:
-    """All metrics of one image: ``{class name: {jaccard, dice, accuracy, jaccard_legacy}}``."""
+    """All metrics of one image: ``{class name: {jaccard, dice, accuracy, jaccard_legacy,
+    tp, fp, fn, tn}}`` (the counts, so that every score can be recomputed from the rows)."""
     accuracy = pixel_accuracy(prediction, target, valid)
     result: dict[str, dict[str, float]] = {}
     for name, ids in classes.items():
@@ -134,6 +135,10 @@ def image_metrics(
             "dice": dice(counts, empty),
             "accuracy": accuracy,
             "jaccard_legacy": jaccard_legacy(counts),
+            "tp": counts.tp,
+            "fp": counts.fp,
+            "fn": counts.fn,
+            "tn": counts.tn,
         }
     return result
 

@@ -1,6 +1,6 @@
 """Protocols: how a dataset is split and preprocessed, and the training settings that go with it.
 
-Two protocols ship:
+Three protocols ship:
 
 ``thesis`` — reproduction only. Exactly §3.1 and §3.3 of the 2019 thesis: keep the images of
 the dataset's nominal size (the 224 images of 120×120 in ``wbc1``), add ONE augmented copy of
@@ -11,6 +11,12 @@ loss is binary cross-entropy on the softmax output, Adam lr 1e-4, batch 20, 30 e
 augmented twin (the same cell, flipped and rotated) in the training set, so its test scores
 are optimistic. :attr:`ProtocolSplit.leaked_test_images` counts them. The thesis's wording
 ("flipped and rotated 90° to the left") does not say which flip; we use a left-right flip.
+
+``thesis-noleak`` — the leak measured alone. The ``thesis`` split with the SAME test images
+(same 30 on ``wbc1``, same pixels) and, removed from its training set, the augmented twin (or
+original) of every test image: 418 - 24 = 394 train images on ``wbc1``. Everything else (the
+120×120 filter, the seed-2 shuffle, scaling, loss, optimiser budget) is ``thesis``'s, so the
+difference between the two protocols' test scores is the effect of the leak.
 
 ``clean`` — the default. All images; split by source image *before* any augmentation into
 seeded k folds (default 5; ``fold`` picks the test fold); images smaller than the largest
@@ -26,7 +32,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -79,10 +85,20 @@ class ProtocolSplit:
 
 @dataclass(frozen=True)
 class Protocol:
+    """A named protocol.
+
+    ``fixed_split``: the protocol has one fixed split; ``fold``, ``folds`` and ``seed`` are
+    ignored and a suite runs it once per training seed (no folds).
+    ``thesis_reference``: its results are comparable with the thesis's published numbers
+    (it is the thesis's split, or that split changed only as its summary says).
+    """
+
     name: str
     summary: str
     defaults: TrainingDefaults
     make_split: Callable[..., ProtocolSplit]
+    fixed_split: bool = False
+    thesis_reference: bool = False
 
     def split(
         self, dataset: SegmentationDataset, *, fold: int = 0, folds: int = 5, seed: int = 0
@@ -126,6 +142,21 @@ def _thesis_split(
     dataset: SegmentationDataset, *, fold: int = 0, folds: int = 5, seed: int = 0
 ) -> ProtocolSplit:
     # fold/folds/seed are ignored on purpose: the thesis had one split, seeded 2.
+    return _thesis_like_split(dataset, name="thesis", drop_test_twins=False)
+
+
+def _thesis_noleak_split(
+    dataset: SegmentationDataset, *, fold: int = 0, folds: int = 5, seed: int = 0
+) -> ProtocolSplit:
+    return _thesis_like_split(dataset, name="thesis-noleak", drop_test_twins=True)
+
+
+def _thesis_like_split(
+    dataset: SegmentationDataset, *, name: str, drop_test_twins: bool
+) -> ProtocolSplit:
+    """The thesis's split; with ``drop_test_twins`` the training images that share a source
+    image with a test image (the test image's augmented twin, or its original) are dropped.
+    The test set is the same either way."""
     height, width = _nominal_size(dataset)
     kept = [s for s in dataset.samples if s.mask.shape == (height, width)]
     images = [s.image for s in kept] + [thesis_augment(s.image) for s in kept]
@@ -137,6 +168,16 @@ def _thesis_split(
     order = np.random.RandomState(THESIS_SEED).permutation(total)
     n_test = max(1, round(total * THESIS_TEST_FRACTION))
     train_idx, test_idx = order[: total - n_test], order[total - n_test :]
+    if drop_test_twins:
+        test_sources = {_source_id(ids[i]) for i in test_idx}
+        train_idx = np.array(
+            [i for i in train_idx if _source_id(ids[i]) not in test_sources], dtype=np.int64
+        )
+        if len(train_idx) == 0:
+            raise DataError(
+                f"dataset {dataset.name!r}: no training images left once the test images' "
+                "twins are removed"
+            )
 
     # A non-square nominal size turns on its side when rotated: pad both to the larger side.
     side_h, side_w = (height, width) if height == width else (max(height, width),) * 2
@@ -153,11 +194,47 @@ def _thesis_split(
     train, test = pick(train_idx), pick(test_idx)
     train_sources = {_source_id(i) for i in train.image_ids}
     leaked = sum(_source_id(i) in train_sources for i in test.image_ids)
-    return ProtocolSplit("thesis", None, None, train, test, False, leaked)
+    return ProtocolSplit(name, None, None, train, test, False, leaked)
 
 
 def _source_id(image_id: str) -> str:
     return image_id.removesuffix("_aug")
+
+
+#: Share of the training split's source images that --lr-search holds out for validation.
+VALIDATION_FRACTION = 0.2
+_VALIDATION_STREAM = 0x76616C  # keeps the validation draw apart from the fold permutation
+
+
+def carve_validation(
+    train: SplitArrays, seed: int, fraction: float = VALIDATION_FRACTION
+) -> tuple[SplitArrays, SplitArrays]:
+    """Split a training split into (fit, validation) by source image, seeded by ``seed``.
+
+    An image and its augmented twin (``<id>`` and ``<id>_aug``) share a source and land on
+    the same side, so validation never scores a twin of a fitted image. The draw depends
+    only on the training split's image ids and ``seed`` (the split seed): every
+    architecture and training seed of a fold sees the same validation images. At least one
+    source goes to each side.
+    """
+    sources = sorted({_source_id(i) for i in train.image_ids})
+    if len(sources) < 2:
+        raise DataError(f"too few training images ({len(train)}) to hold out a validation split")
+    n_validation = min(len(sources) - 1, max(1, round(fraction * len(sources))))
+    order = np.random.default_rng([_VALIDATION_STREAM, seed]).permutation(len(sources))
+    held_out = {sources[i] for i in order[:n_validation]}
+    in_validation = np.array([_source_id(i) in held_out for i in train.image_ids])
+
+    def pick(mask: np.ndarray) -> SplitArrays:
+        index = np.flatnonzero(mask)
+        return SplitArrays(
+            train.images[index],
+            train.labels[index],
+            tuple(train.image_ids[i] for i in index),
+            tuple(train.sizes[i] for i in index),
+        )
+
+    return pick(~in_validation), pick(in_validation)
 
 
 def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
@@ -196,6 +273,8 @@ def _clean_split(
     return ProtocolSplit("clean", fold, folds, train, test, True, 0)
 
 
+THESIS_DEFAULTS = TrainingDefaults(batch_size=20, epochs=30, lr=1e-4, optimizer="adam", loss="bce")
+
 THESIS = Protocol(
     name="thesis",
     summary=(
@@ -203,8 +282,24 @@ THESIS = Protocol(
         "of each added BEFORE the split (leaks test twins into training), seed-2 shuffle, "
         "418 train / 30 test, BCE on softmax."
     ),
-    defaults=TrainingDefaults(batch_size=20, epochs=30, lr=1e-4, optimizer="adam", loss="bce"),
+    defaults=THESIS_DEFAULTS,
     make_split=_thesis_split,
+    fixed_split=True,
+    thesis_reference=True,
+)
+
+THESIS_NOLEAK = Protocol(
+    name="thesis-noleak",
+    summary=(
+        "The thesis protocol without its leak: the same split and the same test images as "
+        "`thesis`, with every test image's augmented twin (or original) removed from the "
+        "training set (394 train / 30 test on wbc1); otherwise identical to `thesis`. Compare "
+        "with `thesis` to measure what the leak is worth."
+    ),
+    defaults=THESIS_DEFAULTS,
+    make_split=_thesis_noleak_split,
+    fixed_split=True,
+    thesis_reference=True,
 )
 
 CLEAN = Protocol(
@@ -220,7 +315,7 @@ CLEAN = Protocol(
     make_split=_clean_split,
 )
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (CLEAN, THESIS)}
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (CLEAN, THESIS, THESIS_NOLEAK)}
 
 
 def get_protocol(name: str) -> Protocol:
@@ -231,24 +326,33 @@ def get_protocol(name: str) -> Protocol:
         raise ConfigError(f"unknown protocol {name!r}; known protocols: {known}") from None
 
 
-def split_sizes(dataset: SegmentationDataset, folds: int = 5, seed: int = 0) -> dict[str, dict]:
-    """Train/test sizes each protocol makes of ``dataset`` (fold 0 for ``clean``)."""
-    thesis = _thesis_split(dataset)
-    result: dict[str, dict] = {
-        "thesis": {
-            "train": len(thesis.train),
-            "test": len(thesis.test),
-            "leaked_test_images": thesis.leaked_test_images,
-        }
-    }
-    try:
-        parts = fold_indices(len(dataset), folds, seed)
-    except DataError:
-        return result
-    result["clean"] = {
-        "train": len(dataset) - len(parts[0]),
-        "test": len(parts[0]),
-        "folds": folds,
-        "fold_test_sizes": [len(p) for p in parts],
-    }
+def split_sizes(
+    dataset: SegmentationDataset, folds: int = 5, seed: int = 0
+) -> dict[str, dict[str, Any] | str]:
+    """Train/test sizes each registered protocol makes of ``dataset``.
+
+    A fixed-split protocol gives ``train``, ``test`` and ``leaked_test_images``; a k-fold one
+    gives fold 0's ``train`` and ``test``, ``folds`` and ``fold_test_sizes``. A protocol that
+    cannot split ``dataset`` gives the reason, as a string.
+    """
+    result: dict[str, dict[str, Any] | str] = {}
+    for name, protocol in PROTOCOLS.items():
+        try:
+            if protocol.fixed_split:
+                split = protocol.split(dataset)
+                result[name] = {
+                    "train": len(split.train),
+                    "test": len(split.test),
+                    "leaked_test_images": split.leaked_test_images,
+                }
+            else:
+                parts = fold_indices(len(dataset), folds, seed)
+                result[name] = {
+                    "train": len(dataset) - len(parts[0]),
+                    "test": len(parts[0]),
+                    "folds": folds,
+                    "fold_test_sizes": [len(p) for p in parts],
+                }
+        except DataError as error:
+            result[name] = f"unavailable: {error}"
     return result

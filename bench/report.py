@@ -1,8 +1,9 @@
 """Render a run directory's report from its data files. Never trains, never re-measures.
 
-``render_run(RUN_DIR)`` reads ``config.json``, ``cells.csv``, ``history.csv``,
-``per_image.csv`` and the saved label maps, and writes the derived ``summary.csv``
-(:mod:`bench.aggregate`) and ``statistics.csv`` (:mod:`bench.stats`), then ``report.md``,
+``render_run(RUN_DIR)`` reads ``config.json``, the cell records (through
+:class:`bench.run_dir.RunDir`) and the saved label maps, and writes the derived tables
+(``cells.csv``, ``history.csv``, ``per_image.csv``, ``summary.csv`` from
+:mod:`bench.aggregate`, ``statistics.csv`` from :mod:`bench.stats`), then ``report.md``,
 ``curves_accuracy.png``, ``curves_loss.png`` and ``predictions.png``. Rendering is
 deterministic: the same data files give the same ``report.md``, byte for byte.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import importlib.resources
+import io
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +22,9 @@ import numpy as np
 
 from bench import stats
 from bench.aggregate import summarize
-from bench.results import SUMMARY_COLUMNS, atomic_write_text, read_csv, read_json, write_csv
+from bench.atomic import atomic_write_bytes
+from bench.flags import architecture_flags
+from bench.run_dir import RunDir, RunTables, metric_classes_of, summary_columns, write_csv
 
 #: Thesis model names (thesis_reference.csv) for our faithful rebuilds.
 THESIS_MODELS = {"unet_thesis": "U-Net", "segnet_basic": "SegNet", "deconvnet": "DeconvNet"}
@@ -28,6 +32,7 @@ THESIS_SOURCE = (
     "P. Baykalov, *Semantic segmentation of peripheral white blood cells using neural "
     "networks*, master's thesis, 2019 (Keras, free Colab GPU)"
 )
+FLAG_MARK = "⚠"
 # Colours of the thesis's Figure 7: background red, cytoplasm green, nucleus blue.
 CLASS_COLOURS = np.array([[220, 40, 40], [40, 170, 60], [40, 70, 220]], dtype=np.uint8)
 
@@ -120,6 +125,43 @@ def speed_options(config: dict[str, Any]) -> str:
     return f"Speed options: mixed precision {amp}, channels-last {layout}{compiled}. "
 
 
+def learning_rate(config: dict[str, Any]) -> str:
+    if config.get("lr_search"):
+        grid = ", ".join(f"{lr:g}" for lr in config.get("lr_grid") or [])
+        return (
+            f"learning rate chosen per run from {grid} by the validation Dice on 20 % of "
+            "the run's training images (by source image; never a test image)"
+        )
+    return f"lr {config['lr']}"
+
+
+def models_section(
+    meta: dict[str, Any], summary: list[dict[str, Any]], cells: list[dict[str, Any]]
+) -> list[str]:
+    """What was trained: each architecture's real size, what --width scaled, its rate."""
+    notes = meta.get("architectures") or {}
+    config = meta["config"]
+    lines = []
+    for row in summary:
+        name = row["architecture"]
+        note = notes.get(name, {})
+        params = _num(row.get("params"))
+        size = "size unknown (no run finished)" if params is None else f"{int(params):,} parameters"
+        parts = [size]
+        if note.get("width_note"):
+            parts.append(f"width {config['width']}: {note['width_note']}")
+        if note.get("options", {}).get("encoder"):
+            parts.append(f"encoder `{note['options']['encoder']}`")
+        if config.get("lr_search"):
+            rates = sorted({c["lr"] for c in cells if c["architecture"] == name and c.get("lr")})
+            if rates:
+                parts.append("chosen lr " + ", ".join(f"{lr:g}" for lr in rates))
+        lines.append(f"- `{name}`: {'; '.join(parts)}.")
+    if not lines:
+        return []
+    return ["Models as trained:", "", *lines, ""]
+
+
 def methods_paragraph(meta: dict[str, Any]) -> str:
     config, env, protocol = meta["config"], meta["environment"], meta["protocol"]
     dataset = meta["dataset"]
@@ -127,7 +169,7 @@ def methods_paragraph(meta: dict[str, Any]) -> str:
     split = (
         f"the thesis's single split ({protocol['train_images']} train / "
         f"{protocol['test_images']} test images, seed 2)"
-        if protocol["name"] == "thesis"
+        if protocol.get("fixed_split", protocol["name"] == "thesis")
         else f"fold{'s' if len(folds) > 1 else ''} {', '.join(str(f) for f in folds)} of a "
         f"{config['num_folds']}-fold split by source image (split seed {config['split_seed']}; "
         f"{protocol['train_images']} train / {protocol['test_images']} test images in the "
@@ -144,7 +186,7 @@ def methods_paragraph(meta: dict[str, Any]) -> str:
         f"{', '.join(dataset['class_names'])}. Protocol `{protocol['name']}`: "
         f"{protocol['summary']} Split: {split}; inputs {protocol['input_size'][0]}×"
         f"{protocol['input_size'][1]}. Training: {config['epochs']} epochs, batch "
-        f"{config['batch_size']}, {config['optimizer']} lr {config['lr']}, loss "
+        f"{config['batch_size']}, {config['optimizer']} {learning_rate(config)}, loss "
         f"`{config['loss']}`, width {config['width']}, smp encoder `{config['encoder']}` "
         f"(no pretrained weights), seeds {seeds}"
         f"{', deterministic algorithms' if config.get('deterministic') else ''}. "
@@ -157,13 +199,44 @@ def methods_paragraph(meta: dict[str, Any]) -> str:
     )
 
 
-def render_markdown(run_dir: Path, statistics: list[dict[str, Any]] | None = None) -> str:
-    """report.md's text; ``statistics`` are :func:`bench.stats.statistics_rows` of the run
-    (computed from per_image.csv when not given)."""
-    meta = read_json(run_dir / "config.json")
-    summary = read_csv(run_dir / "summary.csv")
-    per_image = read_csv(run_dir / "per_image.csv")
-    thesis = meta["protocol"]["name"] == "thesis"
+def _label(row: dict[str, Any]) -> str:
+    """An architecture's name in a table; flagged ones (bench.flags) carry a mark."""
+    return (
+        f"{row['architecture']} {FLAG_MARK}"
+        if row.get("flags") or row.get("flagged")
+        else (row["architecture"])
+    )
+
+
+def flags_section(summary: list[dict[str, Any]]) -> list[str]:
+    flagged = [row for row in summary if row.get("flags")]
+    if not flagged:
+        return []
+    out = [
+        "## Flags",
+        "",
+        f"Marked {FLAG_MARK} in every table. A flagged architecture's numbers describe this "
+        "training budget, not what the architecture can do: it is neither ranked nor tested "
+        "for significance, and no verdict is drawn from it.",
+        "",
+    ]
+    out += [f"- `{row['architecture']}`: {row['flags']}." for row in flagged]
+    return [*out, ""]
+
+
+def render_markdown(
+    meta: dict[str, Any],
+    tables: RunTables,
+    summary: list[dict[str, Any]],
+    statistics: list[dict[str, Any]],
+) -> str:
+    """report.md's text from the run's data: its ``tables``, the ``summary``
+    (:func:`bench.aggregate.summarize`, with its ``flags``) and ``statistics``
+    (:func:`bench.stats.statistics_rows`)."""
+    per_image = tables.per_image
+    protocol = meta["protocol"]
+    # Protocols built to compare with the thesis's published rows (thesis, thesis-noleak).
+    thesis = protocol.get("thesis_reference", protocol["name"] in ("thesis", "thesis-noleak"))
     reference = load_thesis_reference() if thesis else []
     ref_models = [m for m in ("SegNet", "DeconvNet", "U-Net")] if thesis else []
     ref_label = "{} — thesis 2019 (published)".format
@@ -183,25 +256,34 @@ def render_markdown(run_dir: Path, statistics: list[dict[str, Any]] | None = Non
         "",
         methods_paragraph(meta),
         "",
+        *models_section(meta, summary, tables.cells),
     ]
-    if thesis:
+    if thesis and protocol["leaked_test_images"]:
         out += [
             "**Caution — the thesis protocol leaks.** Augmented copies were added before the "
             "split, so "
-            f"{meta['protocol']['leaked_test_images']} of the {meta['protocol']['test_images']} "
+            f"{protocol['leaked_test_images']} of the {protocol['test_images']} "
             "test images have their flipped-and-rotated twin in the training set. Its test "
             "scores are optimistic; use the `clean` protocol to compare architectures. "
             f"Published rows are from {THESIS_SOURCE}.",
             "",
         ]
+    elif thesis:
+        out += [
+            "The thesis's split with the leak removed: the same test images, and no test "
+            "image has an augmented twin in the training set. The published rows were "
+            f"measured with the leak. Published rows are from {THESIS_SOURCE}.",
+            "",
+        ]
 
+    out += flags_section(summary)
     n_images = len({(r["fold"], r["image_id"]) for r in per_image})
     out += ["## Final accuracy (thesis Table 1)", ""]
     table = Table(["Architecture", "Train accuracy", "Test accuracy"], [None, "max", "max"])
     for row in summary:
         table.add(
             [
-                (row["architecture"], None),
+                (_label(row), None),
                 (_fmt(_num(row["train_accuracy"])), _num(row["train_accuracy"])),
                 (_fmt(_num(row["test_accuracy"])), _num(row["test_accuracy"])),
             ]
@@ -226,7 +308,7 @@ def render_markdown(run_dir: Path, statistics: list[dict[str, Any]] | None = Non
     for row in summary:
         table.add(
             [
-                (row["architecture"], None),
+                (_label(row), None),
                 (_fmt(_num(row["train_loss"])), _num(row["train_loss"])),
                 (_fmt(_num(row["test_loss"])), _num(row["test_loss"])),
             ]
@@ -238,57 +320,66 @@ def render_markdown(run_dir: Path, statistics: list[dict[str, Any]] | None = Non
     out += [table.render(), "", f"Loss: `{meta['config']['loss']}`.", ""]
 
     out += ["## Segmentation quality on the test images (thesis Table 3)", ""]
-    headers = [
-        "Architecture",
-        "Jaccard cytoplasm",
-        "Jaccard nucleus",
-        "Dice cytoplasm",
-        "Dice nucleus",
-        "Dice whole cell",
-        'Pixel acc. cytoplasm (thesis "Jaccard")',
-        'Pixel acc. nucleus (thesis "Jaccard")',
-    ]
-    table = Table(headers, [None] + ["max"] * 7)
+    classes = [c for c in metric_classes_of(meta) if c != meta["dataset"]["class_names"][0]]
+    wbc = "cytoplasm" in classes and "nucleus" in classes
+    headers = ["Architecture"]
+    headers += [f"Jaccard {cls}" for cls in classes if cls != "cell"]
+    headers += [f"Dice {'whole cell' if cls == 'cell' else cls}" for cls in classes]
+    legacy_classes = ("cytoplasm", "nucleus") if wbc else ()
+    headers += [f'Pixel acc. {cls} (thesis "Jaccard")' for cls in legacy_classes]
+    table = Table(headers, [None] + ["max"] * (len(headers) - 1))
     for row in summary:
-        cells: list[tuple[str, float | None]] = [(row["architecture"], None)]
-        for cls, metric in (
-            ("cytoplasm", "jaccard"),
-            ("nucleus", "jaccard"),
-            ("cytoplasm", "dice"),
-            ("nucleus", "dice"),
-            ("cell", "dice"),
-        ):
-            mean = _num(row[f"{cls}_{metric}_mean"])
-            cells.append((_pm(mean, _num(row[f"{cls}_{metric}_sem"])), mean))
-        for cls in ("cytoplasm", "nucleus"):
-            legacy = _num(row[f"{cls}_jaccard_legacy_mean"])
+        cells: list[tuple[str, float | None]] = [(_label(row), None)]
+        pairs = [(cls, "jaccard") for cls in classes if cls != "cell"]
+        pairs += [(cls, "dice") for cls in classes]
+        for cls, metric in pairs:
+            mean = _num(row.get(f"{cls}_{metric}_mean"))
+            cells.append((_pm(mean, _num(row.get(f"{cls}_{metric}_sem"))), mean))
+        for cls in legacy_classes:
+            legacy = _num(row.get(f"{cls}_jaccard_legacy_mean"))
             cells.append((_fmt(legacy), legacy))
         table.add(cells)
-    for model in ref_models:
-        cells = [(ref_label(model), None), ("—", None), ("—", None)]
-        for cls in ("cytoplasm", "nucleus"):
+    for model in ref_models if wbc else []:
+        cells = [(ref_label(model), None)] + [("—", None)] * (len(classes) - 1)
+        for cls in classes:
+            if cls == "cell":
+                cells.append(("—", None))
+                continue
             mean, sem = _reference(reference, model, "dice", "test", cls)
             cells.append((_pm(mean, sem), mean))
-        cells.append(("—", None))
-        for cls in ("cytoplasm", "nucleus"):
+        for cls in legacy_classes:
             mean, sem = _reference(reference, model, "jaccard_legacy", "test", cls)
             cells.append((_pm(mean, sem), mean))
         table.add(cells)
+    seeds = len(meta["config"]["seeds"])
     out += [
         table.render(),
         "",
-        f"Mean ± SEM over {n_images} test image{'s' if n_images != 1 else ''} "
-        "(pooled over every seed and fold that ran). Jaccard is intersection over union. "
-        "The last two columns are per-class binary pixel accuracy, which is what the "
-        "thesis's \"Jaccard\" column measured (scikit-learn's removed "
-        "`jaccard_similarity_score`); they are shown only to compare like with like and "
-        "are not an overlap measure.",
+        f"Mean ± SEM over the {n_images} test image{'s' if n_images != 1 else ''}"
+        + (
+            f"; each image's score is first averaged over the {seeds} training seeds, so n "
+            "counts images, not seed × image rows"
+            if seeds > 1
+            else ""
+        )
+        + (
+            " (every fold's test images, each once)"
+            if len(meta["config"].get("folds_run") or [None]) > 1
+            else ""
+        )
+        + ". Jaccard is intersection over union."
+        + (
+            " The last two columns are per-class binary pixel accuracy, which is what the "
+            "thesis's \"Jaccard\" column measured (scikit-learn's removed "
+            "`jaccard_similarity_score`); they are shown only to compare like with like and "
+            "are not an overlap measure."
+            if legacy_classes
+            else ""
+        ),
         "",
     ]
 
-    if statistics is None:
-        statistics = stats.statistics_rows(per_image)
-    out += statistics_section(statistics)
+    out += statistics_section(statistics, stats.primary_classes(meta["dataset"]["class_names"]))
 
     out += ["## Training time and cost", ""]
     table = Table(
@@ -307,7 +398,7 @@ def render_markdown(run_dir: Path, statistics: list[dict[str, Any]] | None = Non
         params = _num(row["params"])
         table.add(
             [
-                (row["architecture"], None),
+                (_label(row), None),
                 (_fmt(_num(row["train_seconds"]), 1), _num(row["train_seconds"])),
                 (_fmt(_num(row["total_seconds"]), 1), _num(row["total_seconds"])),
                 (_fmt(_num(row["images_per_second"]), 1), _num(row["images_per_second"])),
@@ -371,16 +462,17 @@ def _p(value: float | None) -> str:
     return "< 0.0001" if value < 1e-4 else f"{value:.4f}"
 
 
-def statistics_section(rows: list[dict[str, Any]]) -> list[str]:
+def statistics_section(rows: list[dict[str, Any]], primary_classes: Sequence[str]) -> list[str]:
     """The paired comparison and ranking, when more than one architecture has results."""
     if len(rows) < 2:
         return []
+    primary = " and ".join(", ".join(primary_classes).rsplit(", ", 1))
     table = Table(
         [
             "Architecture",
             "Mean rank",
-            "Per-run mean ± SEM (runs)",
-            "Per-image mean ± SEM (images)",
+            "Mean ± SEM over runs (n runs)",
+            "Mean ± SEM over images (n images)",
             "Median Δ vs best [95 % CI]",
             "p (Wilcoxon)",
             "p (Holm)",
@@ -388,15 +480,29 @@ def statistics_section(rows: list[dict[str, Any]]) -> list[str]:
         ],
         [None, "min", None, None, None, None, None, None],
     )
-    for row in sorted(rows, key=lambda r: (r.get("mean_rank") or math.inf, r["architecture"])):
+    compared = any(row.get("reference") for row in rows)
+
+    def order(row: dict[str, Any]) -> tuple[float, float, str]:
+        # Ranked ones by rank; flagged ones after them, by their mean over images.
+        return (
+            row.get("mean_rank") or math.inf,
+            -(row.get("image_mean") or 0.0),
+            row["architecture"],
+        )
+
+    for row in sorted(rows, key=order):
         if row.get("reference"):
             delta = f"{row['median_difference']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
             significant = "yes" if row["significant"] else "no"
-        else:
+        elif row.get("flagged"):
+            delta, significant = f"not compared ({FLAG_MARK} flagged)", "—"
+        elif compared:
             delta, significant = "best (reference)", "—"
+        else:
+            delta, significant = "no other unflagged architecture to compare with", "—"
         table.add(
             [
-                (row["architecture"], None),
+                (_label(row), None),
                 (_fmt(row.get("mean_rank"), 2), row.get("mean_rank")),
                 (f"{_pm(row['run_mean'], _nan_none(row['run_sem']))} ({row['runs']})", None),
                 (f"{_pm(row['image_mean'], _nan_none(row['image_sem']))} ({row['images']})", None),
@@ -409,15 +515,17 @@ def statistics_section(rows: list[dict[str, Any]]) -> list[str]:
     return [
         "## Statistical comparison",
         "",
-        "Primary endpoint: per-image foreground Dice, the mean of the cytoplasm and nucleus "
-        "Dice of a test image, averaged over the seeds that ran. Each architecture is compared "
+        f"Primary endpoint: per-image foreground Dice, the mean Dice over {primary} of a "
+        "test image, averaged over the seeds that ran. Each architecture is compared "
         "with the best one (highest mean) on the same test images: Wilcoxon signed-rank test "
         "(two-sided) with Holm's correction across the comparisons, and the median paired "
         f"difference with a percentile bootstrap 95 % CI ({stats.BOOTSTRAP_RESAMPLES:,} "
         f"resamples of images, seed {stats.BOOTSTRAP_SEED}). Mean rank: per image, "
         "architectures ranked by the endpoint (1 = best, ties averaged), then averaged over "
-        "images. Per-run: mean ± SEM of the per-run means (one per seed × fold); per-image: "
-        "mean ± SEM over every (seed, fold, image). The numbers are in `statistics.csv`.",
+        "images. Per-run: mean ± SEM of the per-run means, n = runs (seeds × folds), the "
+        "variation between training runs; per-image: mean ± SEM over test images of the "
+        "seed-averaged scores, n = images, the variation between images. The numbers are in "
+        "`statistics.csv`.",
         "",
         table.render(),
         "",
@@ -435,16 +543,17 @@ def _figure_saver() -> tuple[Any, Callable[[Any, Path], None]]:
     import matplotlib.pyplot as plt
 
     def save(figure: Any, path: Path) -> None:
-        figure.savefig(path, dpi=100, metadata={"Software": None})
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
         plt.close(figure)
+        atomic_write_bytes(path, buffer.getvalue())
 
     return plt, save
 
 
-def render_curves(run_dir: Path, metric: str) -> None:
+def render_curves(run: RunDir, history: list[dict[str, Any]], metric: str) -> None:
     """Thesis Figures 5/6: one panel per architecture, train and test per epoch."""
     plt, save = _figure_saver()
-    history = read_csv(run_dir / "history.csv")
     names = list(dict.fromkeys(r["architecture"] for r in history)) or ["(no runs)"]
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
@@ -466,7 +575,7 @@ def render_curves(run_dir: Path, metric: str) -> None:
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     figure.tight_layout()
-    save(figure, run_dir / f"curves_{metric}.png")
+    save(figure, run.figure_path(f"curves_{metric}"))
 
 
 def _colourise(label_png: Path, palette: Sequence[int]) -> np.ndarray:
@@ -479,20 +588,20 @@ def _colourise(label_png: Path, palette: Sequence[int]) -> np.ndarray:
     return CLASS_COLOURS[np.clip(lookup[grey], 0, len(CLASS_COLOURS) - 1)]
 
 
-def render_predictions(run_dir: Path) -> None:
+def render_predictions(run: RunDir, meta: dict[str, Any], cells: list[dict[str, Any]]) -> None:
     """Thesis Figure 7: rows = test images, columns = input, each architecture, truth."""
     from PIL import Image
 
     plt, save = _figure_saver()
-    meta = read_json(run_dir / "config.json")
     palette = meta["dataset"]["palette"]
-    image_ids = sorted(p.stem for p in (run_dir / "inputs").glob("*.png"))
-    names = list(dict.fromkeys(r["architecture"] for r in read_csv(run_dir / "cells.csv")))
+    primary_seed = meta["config"]["seeds"][0]
+    image_ids = run.figure_input_ids()
+    names = list(dict.fromkeys(r["architecture"] for r in cells))
     columns = ["input", *names, "ground truth"]
     if not image_ids:
         figure = plt.figure(figsize=(4, 1))
         figure.text(0.5, 0.5, "no test images", ha="center")
-        save(figure, run_dir / "predictions.png")
+        save(figure, run.figure_path("predictions"))
         return
     figure, axes = plt.subplots(
         len(image_ids),
@@ -504,11 +613,11 @@ def render_predictions(run_dir: Path) -> None:
         for c, column in enumerate(columns):
             ax = axes[r, c]
             if column == "input":
-                ax.imshow(np.asarray(Image.open(run_dir / "inputs" / f"{image_id}.png")))
+                ax.imshow(np.asarray(Image.open(run.input_path(image_id))))
             elif column == "ground truth":
-                ax.imshow(_colourise(run_dir / "truth" / f"{image_id}.png", palette))
+                ax.imshow(_colourise(run.truth_path(image_id), palette))
             else:
-                path = run_dir / "predictions" / column / f"{image_id}.png"
+                path = run.prediction_path(column, primary_seed, image_id, primary_seed)
                 if path.exists():
                     ax.imshow(_colourise(path, palette))
                 else:
@@ -520,24 +629,43 @@ def render_predictions(run_dir: Path) -> None:
             if c == 0:
                 ax.set_ylabel(image_id, fontsize=8)
     figure.tight_layout()
-    save(figure, run_dir / "predictions.png")
+    save(figure, run.figure_path("predictions"))
 
 
 def render_run(run_dir: str | Path) -> Path:
-    """(Re-)write report.md and the figures of a run directory from its data files."""
-    run_dir = Path(run_dir)
+    """(Re-)write the derived tables, report.md and the figures of a run directory.
+
+    Takes the directory's lock: a run still being written by another process is refused.
+    """
+    run = RunDir(run_dir)
+    meta = run.read_meta()  # a clear error for anything that is not a run directory
+    with run.lock():
+        return render_locked(run, meta)
+
+
+def render_locked(run: RunDir, meta: dict[str, Any] | None = None) -> Path:
+    """:func:`render_run` for the process that already holds the lock."""
+    meta = meta if meta is not None else run.read_meta()
     # Derived data first, so a run cut off at any moment still gets a complete report of
     # the cells that finished.
-    per_image = read_csv(run_dir / "per_image.csv")
-    write_csv(
-        run_dir / "summary.csv",
-        SUMMARY_COLUMNS,
-        summarize(read_csv(run_dir / "cells.csv"), per_image),
-    )
-    statistics = stats.statistics_rows(per_image)  # the bootstrap is the costly part: once
-    write_csv(run_dir / "statistics.csv", stats.STATISTICS_COLUMNS, statistics)
-    atomic_write_text(run_dir / "report.md", render_markdown(run_dir, statistics))
-    render_curves(run_dir, "accuracy")
-    render_curves(run_dir, "loss")
-    render_predictions(run_dir)
-    return run_dir / "report.md"
+    if meta["format_version"] == 1:  # its CSVs are its only record
+        tables = run.tables(meta)
+    else:
+        records = list(run.ordered_records(meta).values())
+        run.write_tables(records)
+        tables = RunTables.of(records)
+    classes = metric_classes_of(meta)
+    primary = stats.primary_classes(meta["dataset"]["class_names"])
+    flagged = architecture_flags(tables.cells, tables.history, tables.per_image, primary)
+    summary = summarize(tables.cells, tables.per_image, classes)
+    for row in summary:
+        row["flags"] = "; ".join(flagged.get(row["architecture"], []))
+    write_csv(run.table_path("summary"), summary_columns(classes), summary)
+    # the costly bootstrap: once
+    statistics = stats.statistics_rows(tables.per_image, primary, flagged)
+    write_csv(run.table_path("statistics"), stats.STATISTICS_COLUMNS, statistics)
+    run.write_report(render_markdown(meta, tables, summary, statistics))
+    render_curves(run, tables.history, "accuracy")
+    render_curves(run, tables.history, "loss")
+    render_predictions(run, meta, tables.cells)
+    return run.report_path

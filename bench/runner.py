@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from bench import host_memory, metrics
 from bench.augment import BatchAugmenter
 from bench.config import RunConfig
 from bench.errors import ConfigError
-from bench.protocols import IGNORE_INDEX, ProtocolSplit, SplitArrays
+from bench.protocols import IGNORE_INDEX, ProtocolSplit, SplitArrays, carve_validation
 
 BCE_EPSILON = 1e-7  # Keras's clipping of probabilities in binary_crossentropy
 
@@ -93,6 +93,28 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Run the body with ``threads`` torch intra-op threads, then restore the previous count.
+
+    The count decides how CPU kernels split their sums, so under ``--deterministic`` it is
+    part of what a cell computes (``CellSettings.threads``); ``None`` leaves the count as
+    it is (where the cell runs decides). Restored afterwards so that a cell trained in the
+    caller's process (the local executor, tests) leaves that process as it found it.
+    """
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    if threads != previous:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
 
 
 def synchronize(device: torch.device) -> None:
@@ -241,6 +263,7 @@ class CellResult:
     gflops: float | None = None
     epochs: int = 0
     batch_size: int = 0
+    lr: float | None = None  # the learning rate trained with
     train_seconds: float | None = None
     total_seconds: float | None = None
     images_per_second: float | None = None
@@ -253,6 +276,9 @@ class CellResult:
     per_image: list[dict[str, Any]] = field(default_factory=list)
     predictions: np.ndarray | None = None  # int (N, H, W) label maps of the test images
     model_state: dict[str, torch.Tensor] | None = None  # final weights, on the CPU
+    # --lr-search: one entry per candidate rate ({lr, validation_dice, validation_loss,
+    # seconds, error, chosen}, JSON-able); None without the search.
+    lr_search: list[dict[str, Any]] | None = None
 
     def row(self) -> dict[str, Any]:
         return {
@@ -277,6 +303,11 @@ class CellSettings:
     channels_last: str = "auto"
     compile: bool = False
     host_memory: str = "retain"
+    threads: int | None = None  # torch intra-op threads of the cell; None: leave as it is
+    # --lr-search: the rates to choose from (None: train with ``lr``), and the seed of the
+    # validation split carved from the training images (the run's split seed).
+    lr_grid: tuple[float, ...] | None = None
+    validation_seed: int = 0
 
 
 def evaluate(
@@ -332,18 +363,41 @@ def train_cell(
 ) -> CellResult:
     """Train and measure one (architecture, seed, fold); never raises for model failures.
 
-    ``checkpoint``: the cell's resume file, written after every epoch and deleted when the
-    cell completes; when it exists the cell continues from it. ``stop``: when set, the cell
-    stops after its current batch by raising :class:`CellInterrupted`. Out of memory is
+    ``checkpoint``: the cell's resume file, written after every epoch (the caller deletes it
+    once the cell's outputs are saved); when it exists the cell continues from it, and
+    ``total_seconds`` includes the earlier invocations' time up to that checkpoint.
+    ``stop``: when set, the cell stops after its current batch by raising
+    :class:`CellInterrupted`. Out of memory is
     retried once with half the batch size (``result.batch_size`` says which was used).
+    The cell trains with ``settings.threads`` torch threads, if set (restored afterwards).
     """
+    with intra_op_threads(settings.threads):
+        return _train_cell(
+            architecture, seed, fold, split, settings, device, class_metrics, checkpoint, stop
+        )
+
+
+def _train_cell(
+    architecture: str,
+    seed: int,
+    fold: int | None,
+    split: ProtocolSplit,
+    settings: CellSettings,
+    device: torch.device,
+    class_metrics: dict[str, tuple[int, ...]],
+    checkpoint: Path | None,
+    stop: threading.Event | None,
+) -> CellResult:
+    """The body of :func:`train_cell`."""
     started = time.perf_counter()
     batch_size = settings.batch_size
     if checkpoint is not None and checkpoint.is_file():
         # A checkpoint of the out-of-memory retry continues with the retry's batch size.
         batch_size = int(load_resume_state(checkpoint)["batch_size"])
     while True:
-        result = CellResult(architecture, seed, fold, epochs=settings.epochs, batch_size=batch_size)
+        result = CellResult(
+            architecture, seed, fold, epochs=settings.epochs, batch_size=batch_size, lr=settings.lr
+        )
         try:
             _train(
                 result,
@@ -381,9 +435,10 @@ def train_cell(
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         break
-    if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)  # the cell is complete (ok or failed)
-    result.total_seconds = time.perf_counter() - started
+    # The epoch checkpoint stays until the caller has saved the cell's outputs: a kill
+    # before that resumes from it instead of training the cell again.
+    # Time spent before the last checkpoint of earlier invocations counts too.
+    result.total_seconds = time.perf_counter() - started + (result.total_seconds or 0.0)
     return result
 
 
@@ -419,7 +474,7 @@ def load_resume_state(path: Path) -> dict[str, Any]:
 
 
 def _save_resume_state(path: Path, state: dict[str, Any]) -> None:
-    from bench.results import atomic_torch_save
+    from bench.atomic import atomic_torch_save
 
     atomic_torch_save(path, state)
 
@@ -435,6 +490,7 @@ def _train(
 ) -> None:
     from tqdm.auto import tqdm
 
+    started = time.perf_counter()
     seed_everything(result.seed, settings.deterministic)
     host_memory.apply(settings.host_memory)
     # What an earlier cell of another configuration freed goes back first, so this cell's
@@ -455,6 +511,8 @@ def _train(
     speed = resolve_speed(settings.amp, settings.channels_last, settings.compile, device)
     if device.type == "cuda" and not settings.deterministic:
         torch.backends.cudnn.benchmark = True  # input shapes are fixed within a cell
+    if settings.lr_grid:  # before the cell's optimiser is made: it takes the chosen rate
+        settings = _settle_lr(result, split, settings, device, speed, checkpoint, stop)
     model = architectures.build(
         result.architecture,
         num_classes=settings.num_classes,
@@ -479,6 +537,7 @@ def _train(
     augmenter = BatchAugmenter(square=height == width) if split.augment else None
     generator = torch.Generator().manual_seed(result.seed)
     train_seconds = 0.0
+    earlier_seconds = 0.0
     first_epoch = 1
     if checkpoint is not None and checkpoint.is_file():
         state = load_resume_state(checkpoint)
@@ -489,6 +548,8 @@ def _train(
         _set_rng_state(state["rng"], generator)
         result.history = list(state["history"])
         train_seconds = float(state["train_seconds"])
+        # Wall time of earlier invocations up to this checkpoint; train_cell adds its own.
+        result.total_seconds = earlier_seconds = float(state.get("elapsed_seconds", 0.0))
         first_epoch = int(state["epoch"]) + 1
         last_train, last_test = result.history[-2], result.history[-1]
         result.train_loss, result.train_accuracy = last_train["loss"], last_train["accuracy"]
@@ -601,7 +662,12 @@ def _train(
                     "scaler": scaler.state_dict(),
                     "history": result.history,
                     "train_seconds": train_seconds,
+                    "elapsed_seconds": earlier_seconds + time.perf_counter() - started,
                     "rng": _rng_state(generator),
+                    # A resumed cell reuses the search's outcome instead of searching again.
+                    **(
+                        {"lr": result.lr, "lr_search": result.lr_search} if settings.lr_grid else {}
+                    ),
                 },
             )
         if _after_epoch_hook is not None:
@@ -617,6 +683,187 @@ def _train(
     result.predictions = predictions
     result.per_image = per_image_rows(result, split.test, predictions, class_metrics)
     result.model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _settle_lr(
+    result: CellResult,
+    split: ProtocolSplit,
+    settings: CellSettings,
+    device: torch.device,
+    speed: SpeedOptions,
+    checkpoint: Path | None,
+    stop: threading.Event | None,
+) -> CellSettings:
+    """``settings`` with the rate ``--lr-search`` chose, recorded in ``result``: read back
+    from the resume checkpoint when there is one (a resumed cell never searches again),
+    else searched now."""
+    state = (
+        load_resume_state(checkpoint) if checkpoint is not None and checkpoint.is_file() else None
+    )
+    if state is not None and "lr" in state:
+        result.lr, result.lr_search = float(state["lr"]), list(state["lr_search"])
+    else:
+        result.lr = None  # no rate until one is chosen (a failed search trained with none)
+        result.lr, result.lr_search = search_lr(
+            result.architecture, result.seed, result.fold, split, settings, device, speed, stop
+        )
+        # The cell then starts from the random state it has without a search, so it trains
+        # exactly as `--lr <chosen>` would, and its peak memory is its own.
+        seed_everything(result.seed, settings.deterministic)
+        reset_peak_memory(device)
+    return dataclasses.replace(settings, lr=result.lr)
+
+
+def search_lr(
+    architecture: str,
+    seed: int,
+    fold: int | None,
+    split: ProtocolSplit,
+    settings: CellSettings,
+    device: torch.device,
+    speed: SpeedOptions = PYTORCH_DEFAULTS,
+    stop: threading.Event | None = None,
+) -> tuple[float, list[dict[str, Any]]]:
+    """Pick a learning rate from ``settings.lr_grid`` on a validation split of the training
+    images; return it and every candidate's scores.
+
+    Only ``split.train`` is used: :func:`~bench.protocols.carve_validation` holds out a
+    seeded 20 % of its source images (the same for every architecture). Each candidate
+    trains from the cell's seed, as the cell does (same initial weights, batch order and
+    augmentations for every rate), for the cell's full epochs (a shorter budget favours
+    large rates that only learn fast early), then is scored by the primary endpoint: the
+    mean over validation images of the mean Dice of classes 1..K-1. The best wins; a tie
+    goes to the smaller rate; a rate whose loss becomes NaN/inf is never chosen.
+    """
+    assert settings.lr_grid, "search_lr needs settings.lr_grid"
+    from tqdm.auto import tqdm
+
+    fit, validation = carve_validation(split.train, settings.validation_seed)
+    batch_size = min(settings.batch_size, len(fit))  # the fit part is 80 % of the training set
+    fit_images = to_device_uint8(fit.images, device)
+    fit_labels = torch.from_numpy(fit.labels).to(device)
+    validation_images = to_device_uint8(validation.images, device)
+    validation_labels = torch.from_numpy(validation.labels).to(device)
+    height, width = fit.labels.shape[1:]
+    augmenter = BatchAugmenter(square=height == width) if split.augment else None
+    label = f"{architecture} seed {seed}" + (f" fold {fold}" if fold is not None else "")
+    n_fit = images_trained(len(fit), batch_size)
+    scores: list[dict[str, Any]] = []
+    for lr in sorted(settings.lr_grid):
+        started = time.perf_counter()
+        seed_everything(seed, settings.deterministic)
+        model = architectures.build(
+            architecture,
+            num_classes=settings.num_classes,
+            in_channels=3,
+            width=settings.width,
+            **settings.options,
+        )
+        forward = place_model(model, device, speed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        scaler = torch.amp.GradScaler(device.type, enabled=speed.amp_dtype is torch.float16)
+        generator = torch.Generator().manual_seed(seed)
+        entry: dict[str, Any] = {
+            "lr": lr,
+            "validation_dice": None,  # None: the rate diverged (its error says how)
+            "validation_loss": None,
+            "error": "",
+        }
+        try:
+            # _train's epoch loop (keep the two in step), without its per-epoch test
+            # evaluation and checkpoints: candidates train exactly as the cell will.
+            for epoch in tqdm(
+                range(1, settings.epochs + 1),
+                desc=f"{label} lr {lr:g}",
+                unit="epoch",
+                disable=not settings.progress,
+                leave=False,
+            ):
+                model.train()
+                order = torch.randperm(len(fit), generator=generator)[:n_fit].to(device)
+                if augmenter is not None:
+                    augment_params = augmenter.draw(
+                        torch.Generator().manual_seed(epoch_seed(seed, epoch)), n_fit
+                    ).to(device)
+                loss_sum = torch.zeros((), device=device)
+                for start in range(0, n_fit, batch_size):
+                    index = order[start : start + batch_size]
+                    x = model_input(fit_images[index], speed.channels_last)
+                    y = fit_labels[index]
+                    if augmenter is not None:
+                        x, y = augmenter.apply(x, y, augment_params[start : start + len(index)])
+                    with speed.autocast(device):
+                        logits = forward(x)
+                    loss = compute_loss(settings.loss, logits, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    loss_sum += loss.detach() * len(index)
+                    if stop is not None and stop.is_set():
+                        raise CellInterrupted()
+                if not math.isfinite(train_loss := loss_sum.item() / n_fit):
+                    raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}")
+            loss, _, predictions = evaluate(
+                forward,
+                validation_images,
+                validation_labels,
+                settings.loss,
+                batch_size,
+                device,
+                speed,
+            )
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(f"validation loss is {loss}")
+            assert predictions is not None
+            entry["validation_loss"] = loss
+            entry["validation_dice"] = validation_dice(
+                predictions, validation, settings.num_classes
+            )
+            outcome = f"validation Dice {entry['validation_dice']:.4f}"
+        except NonFiniteLoss as error:
+            entry["error"] = str(error)
+            outcome = f"not chosen ({error})"
+        entry["seconds"] = time.perf_counter() - started
+        scores.append(entry)
+        print(f"{label}: lr {lr:g} → {outcome}", file=sys.stderr, flush=True)
+        del model, forward, optimizer
+    best: dict[str, Any] | None = None
+    for entry in scores:  # ascending rates: a tie keeps the smaller one
+        dice = entry["validation_dice"]
+        if dice is not None and (best is None or dice > best["validation_dice"]):
+            best = entry
+    if best is None:
+        raise NonFiniteLoss(
+            f"--lr-search: the loss diverged at every rate of {list(settings.lr_grid)}"
+        )
+    for entry in scores:
+        entry["chosen"] = entry is best
+    print(
+        f"{label}: chose lr {best['lr']:g} (validation: {len(validation)} of "
+        f"{len(split.train)} training images)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return float(best["lr"]), scores
+
+
+def validation_dice(predictions: np.ndarray, arrays: SplitArrays, num_classes: int) -> float:
+    """The primary endpoint on ``arrays``: per image, the mean Dice of classes 1..K-1 over
+    its valid pixels; then the mean over images."""
+    per_image = []
+    for i, (h, w) in enumerate(arrays.sizes):
+        truth = arrays.labels[i, :h, :w]
+        prediction, valid = predictions[i, :h, :w], truth != IGNORE_INDEX
+        per_image.append(
+            np.mean(
+                [
+                    metrics.dice(metrics.confusion_counts(prediction, truth, (c,), valid))
+                    for c in range(1, num_classes)
+                ]
+            )
+        )
+    return float(np.mean(per_image))
 
 
 def per_image_rows(

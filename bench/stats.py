@@ -1,9 +1,10 @@
 """Statistics for comparing architectures on the same test images (pure functions).
 
-Primary endpoint: the per-image **foreground Dice**, the mean of the cytoplasm and nucleus
-Dice of one test image. Images are the unit of analysis: an image's score is first averaged
-over the training seeds that ran, so each (fold, image) counts once and architectures are
-paired on exactly the same images.
+Primary endpoint: the per-image **foreground Dice**, the mean Dice over the dataset's
+non-background classes (class index 0 is background; for WBC: cytoplasm and nucleus; the
+WBC "whole cell" union is not part of it). Images are the unit of analysis: an image's
+score is first averaged over the training seeds that ran, so each (fold, image) counts once
+and architectures are paired on exactly the same images.
 
 - Paired comparison of every architecture against the best one (highest mean score):
   Wilcoxon signed-rank test (two-sided, zero differences dropped) with Holm's correction
@@ -11,14 +12,14 @@ paired on exactly the same images.
   bootstrap 95 % confidence interval (10,000 resamples of images).
 - Ranking as challenge leaderboards do it: per test image, rank the architectures by score
   (1 = best, ties share the average rank), then average the ranks over images.
-- Aggregation over runs: mean ± SEM of the per-run means (one value per seed × fold) next
-  to the pooled per-image mean ± SEM; they answer different questions (variation between
-  training runs versus between images).
+- Two levels of uncertainty, labelled apart: mean ± SEM over test images (of the
+  seed-averaged scores; variation between images) and mean ± SEM over runs (one mean per
+  seed × fold; variation between training runs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,10 +28,16 @@ from scipy import stats as scipy_stats
 
 from bench.metrics import mean_sem
 
+#: The WBC task's primary classes (what primary_classes gives for its class names).
 PRIMARY_CLASSES = ("cytoplasm", "nucleus")
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 ALPHA = 0.05
+
+
+def primary_classes(class_names: Sequence[str]) -> tuple[str, ...]:
+    """The classes of the primary endpoint: every class but background (index 0)."""
+    return tuple(class_names[1:])
 
 
 def image_scores(
@@ -152,26 +159,29 @@ def run_level(
     metric: str = "dice",
     classes: Sequence[str] = PRIMARY_CLASSES,
 ) -> dict[str, dict[str, float]]:
-    """Per architecture: mean ± SEM of per-run means, and pooled per-image mean ± SEM."""
+    """Per architecture: mean ± SEM over runs (one mean per seed × fold) and mean ± SEM
+    over test images (each image's score averaged over seeds first)."""
     per_run: dict[str, dict[tuple[str, str], list[float]]] = {}
-    pooled: dict[str, dict[tuple[str, str, str], list[float]]] = {}
+    seeds: dict[str, set[str]] = {}
     for row in per_image:
         if row["class"] not in classes:
             continue
         name, value = row["architecture"], float(row[metric])
-        run = (str(row["seed"]), str(row["fold"]))
-        per_run.setdefault(name, {}).setdefault(run, []).append(value)
-        image = (*run, str(row["image_id"]))
-        pooled.setdefault(name, {}).setdefault(image, []).append(value)
+        per_run.setdefault(name, {}).setdefault((str(row["seed"]), str(row["fold"])), []).append(
+            value
+        )
+        seeds.setdefault(name, set()).add(str(row["seed"]))
+    images = image_scores(per_image, metric, classes)
     result = {}
     for name in per_run:
         runs_mean, runs_sem = mean_sem(np.mean(v) for v in per_run[name].values())
-        image_mean, image_sem = mean_sem(np.mean(v) for v in pooled[name].values())
+        image_mean, image_sem = mean_sem(images[name].values())
         result[name] = {
             "runs": len(per_run[name]),
+            "seeds": len(seeds[name]),
             "run_mean": runs_mean,
             "run_sem": runs_sem,
-            "images": len(pooled[name]),
+            "images": len(images[name]),
             "image_mean": image_mean,
             "image_sem": image_sem,
         }
@@ -181,6 +191,7 @@ def run_level(
 STATISTICS_COLUMNS = (
     "architecture",
     "runs",
+    "seeds",
     "run_mean",
     "run_sem",
     "images",
@@ -195,21 +206,33 @@ STATISTICS_COLUMNS = (
     "p_value",
     "p_holm",
     "significant",
+    "flagged",
 )
 
 
-def statistics_rows(per_image: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per architecture with every number of the statistical comparison."""
-    scores = image_scores(per_image)
-    levels = run_level(per_image)
-    ranks = mean_ranks(scores)
-    comparisons = {c.architecture: c for c in compare_to_best(scores)}
+def statistics_rows(
+    per_image: Sequence[Mapping[str, Any]],
+    classes: Sequence[str] = PRIMARY_CLASSES,
+    flagged: Collection[str] = (),
+) -> list[dict[str, Any]]:
+    """One row per architecture with every number of the statistical comparison of the
+    primary endpoint, the mean Dice over ``classes``.
+
+    ``flagged`` architectures (did not learn, not converged: :mod:`bench.flags`) keep their
+    means but are neither ranked nor tested: the comparison is among the others.
+    """
+    scores = image_scores(per_image, "dice", classes)
+    levels = run_level(per_image, "dice", classes)
+    compared = {name: s for name, s in scores.items() if name not in flagged}
+    ranks = mean_ranks(compared)
+    comparisons = {c.architecture: c for c in compare_to_best(compared)}
     rows = []
     for name in scores:
         row: dict[str, Any] = {
             "architecture": name,
             **levels.get(name, {}),
             "mean_rank": ranks.get(name),
+            "flagged": name in flagged,
         }
         comparison = comparisons.get(name)
         if comparison is not None:

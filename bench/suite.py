@@ -27,24 +27,28 @@ import numpy as np
 
 import architectures
 from bench import environment, metrics, report
-from bench.config import RunConfig
-from bench.data import WBC_CLASS_NAMES, SegmentationDataset, load_dataset, parse_palette
+from bench.atomic import atomic_write_png
+from bench.cmd_list import architecture_options
+from bench.config import DEFAULT_LR_GRID, RunConfig
+from bench.data import (
+    WBC_CLASS_NAMES,
+    SegmentationDataset,
+    load_dataset,
+    parse_class_names,
+    parse_palette,
+)
 from bench.errors import ConfigError, DataError
-from bench.executors import CellJob, check_executor, make_executor
+from bench.executors import CellJob, check_executor, make_executor, resolve_threads
 from bench.images import write_mask
 from bench.protocols import ProtocolSplit, get_protocol
-from bench.results import (
-    CELL_COLUMNS,
+from bench.run_dir import (
     FORMAT_VERSION,
-    HISTORY_COLUMNS,
-    PER_IMAGE_COLUMNS,
-    atomic_torch_save,
-    atomic_write_png,
-    prepare_out_dir,
-    read_csv,
+    CellKey,
+    CellRecord,
+    RunDir,
+    cap_text,
+    cell_stem,
     read_json,
-    write_csv,
-    write_json,
 )
 from bench.runner import (
     CellInterrupted,
@@ -61,11 +65,11 @@ FIGURE_IMAGES = 5  # test images shown in predictions.png
 @dataclass
 class SuiteOutcome:
     out_dir: Path
-    cells: list[CellResult]
+    cells: list[CellRecord]
 
     @property
-    def failed(self) -> list[CellResult]:
-        return [c for c in self.cells if c.status != "ok"]
+    def failed(self) -> list[CellRecord]:
+        return [c for c in self.cells if c.row["status"] != "ok"]
 
     @property
     def exit_code(self) -> int:
@@ -105,90 +109,60 @@ def _comparable(resolved: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def check_resumable(out_dir: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
-    """The earlier config.json of ``out_dir`` if it can be resumed with ``resolved``.
+def check_resumable(run: RunDir, resolved: dict[str, Any]) -> dict[str, Any] | None:
+    """The earlier config.json of ``run`` if it can be resumed with ``resolved``.
 
     ``None`` when there is no earlier run; a ConfigError when it was written by another
     format version or with a different configuration (naming the differing keys).
     """
-    path = out_dir / "config.json"
-    if not path.is_file():
+    if not run.is_run():
         return None
-    old = read_json(path)
+    old = read_json(run.config_path)
     if old.get("format_version") != FORMAT_VERSION:
         raise ConfigError(
-            f"--out {out_dir}: written by an incompatible version of bench (format_version "
+            f"--out {run.path}: written by an incompatible version of bench (format_version "
             f"{old.get('format_version')!r}, this version writes {FORMAT_VERSION}); "
-            "use another --out"
+            "use another --out (`bench report` still renders it)"
         )
-    before, now = _comparable(old.get("config") or {}), _comparable(resolved)
+    old = run.read_meta()
+    before, now = _comparable(old["config"]), _comparable(resolved)
     differing = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if differing:
         details = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in differing)
         raise ConfigError(
-            f"--out {out_dir} holds a run with a different configuration ({details}); "
+            f"--out {run.path} holds a run with a different configuration ({details}); "
             "rerun its command or use another --out"
         )
     return old
 
 
-def _int_or_none(text: str) -> int | None:
-    return None if text in ("", None) else int(text)
+def incomplete_reason(
+    run: RunDir,
+    record: CellRecord,
+    split: ProtocolSplit,
+    class_metrics: dict[str, tuple[int, ...]],
+    primary_seed: int,
+) -> str | None:
+    """Why a recorded cell's results are not whole (then it is trained again), or None."""
+    if record.row["status"] != "ok":
+        return None
+    name, seed, fold = record.key
+    expected = len(split.test) * len(class_metrics)
+    if len(record.per_image) != expected:
+        return f"{len(record.per_image)} per-image rows where {expected} are due"
+    for image_id in split.test.image_ids:
+        if not run.prediction_path(name, seed, image_id, primary_seed).is_file():
+            return f"no predicted mask for test image {image_id}"
+    if not run.checkpoint_path(name, seed, fold).is_file():
+        return "no final checkpoint"
+    return None
 
 
-def _float_or_none(text: str) -> float | None:
-    return None if text in ("", None) else float(text)
-
-
-def _cell_key(architecture: str, seed: Any, fold: Any) -> tuple[str, int, int | None]:
-    return architecture, int(seed), _int_or_none(fold) if isinstance(fold, str) else fold
-
-
-def load_done_cells(out_dir: Path) -> dict[tuple[str, int, int | None], CellResult]:
-    """Completed cells (ok or failed) of an earlier run, with their history/per-image rows."""
-    types = {f.name: f.type for f in dataclasses.fields(CellResult)}
-    history: dict[tuple[str, int, int | None], list[dict[str, Any]]] = {}
-    for row in read_csv(out_dir / "history.csv"):
-        typed = {
-            **row,
-            "seed": int(row["seed"]),
-            "fold": _int_or_none(row["fold"]),
-            "epoch": int(row["epoch"]),
-            **{k: _float_or_none(row[k]) for k in ("loss", "accuracy", "seconds")},
-        }
-        history.setdefault(_cell_key(row["architecture"], row["seed"], row["fold"]), []).append(
-            typed
-        )
-    per_image: dict[tuple[str, int, int | None], list[dict[str, Any]]] = {}
-    for row in read_csv(out_dir / "per_image.csv"):
-        typed = {
-            **row,
-            "seed": int(row["seed"]),
-            "fold": _int_or_none(row["fold"]),
-            **{k: _float_or_none(row[k]) for k in PER_IMAGE_COLUMNS[5:]},
-        }
-        per_image.setdefault(_cell_key(row["architecture"], row["seed"], row["fold"]), []).append(
-            typed
-        )
-    done = {}
-    for row in read_csv(out_dir / "cells.csv"):
-        if row.get("status") not in ("ok", "failed"):
-            continue
-        values: dict[str, Any] = {}
-        for column in CELL_COLUMNS:
-            text = row.get(column, "")
-            kind = str(types[column])
-            if column in ("architecture", "status", "error"):
-                values[column] = text
-            elif "int" in kind:
-                values[column] = _int_or_none(text)
-            else:
-                values[column] = _float_or_none(text)
-        key = _cell_key(row["architecture"], row["seed"], row["fold"])
-        done[key] = CellResult(
-            **values, history=history.get(key, []), per_image=per_image.get(key, [])
-        )
-    return done
+def record_of(cell: CellResult) -> CellRecord:
+    """The record of a finished cell; a long error text keeps its head and tail."""
+    row = cell.row()
+    row["error"] = cap_text(row["error"])
+    return CellRecord(row, list(cell.history), list(cell.per_image))
 
 
 @contextmanager
@@ -221,19 +195,23 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def resume_path(out_dir: Path, architecture: str, seed: int, fold: int | None) -> Path:
-    """The epoch checkpoint of a cell in progress (deleted when the cell completes)."""
-    name = f"{architecture}_seed{seed}_fold{'all' if fold is None else fold}.pt"
-    return out_dir / "resume" / name
-
-
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def default_out_dir(protocol: str) -> Path:
+def new_default_out_dir(protocol: str) -> Path:
+    """``runs/<UTC time>_<protocol>``, created here; a suffix keeps two runs started in the
+    same second apart."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return Path("runs") / f"{stamp}_{protocol}"
+    Path("runs").mkdir(exist_ok=True)
+    for attempt in range(1, 1000):
+        path = Path("runs") / (f"{stamp}_{protocol}" + (f"-{attempt}" if attempt > 1 else ""))
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise ConfigError(f"runs/: cannot create a new run directory for {stamp}; pass --out")
 
 
 def metric_classes(class_names: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -251,6 +229,7 @@ def load_suite_dataset(config: RunConfig) -> SegmentationDataset:
         synthetic_size=config.synthetic_size,
         seed=config.split_seed,
         palette=parse_palette(config.palette) if config.palette else None,
+        class_names=parse_class_names(config.palette) if config.palette else None,
     )
     if config.max_images is not None:
         dataset = dataclasses.replace(dataset, samples=dataset.samples[: config.max_images])
@@ -262,6 +241,8 @@ def load_suite_dataset(config: RunConfig) -> SegmentationDataset:
 def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
     """Train and measure every cell of the suite; return what happened."""
     check_executor(config)
+    if config.out:  # an --out that is not ours is refused before any work
+        RunDir(config.out).check_can_own()
     for plugin in config.plugins:
         architectures.load_plugin_file(plugin)
     names = resolve_architectures(config)
@@ -272,7 +253,7 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
     device = select_device(config.device if config.executor == "local" else "cpu")
 
     folds: list[int | None]
-    if protocol.name == "thesis":
+    if protocol.fixed_split:
         folds = [None]  # one fixed split
     elif config.folds == "all":
         folds = list(range(config.num_folds))
@@ -291,19 +272,19 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
         raise ConfigError(
             f"--batch-size {batch_size} is larger than the training set ({smallest_train} images)"
         )
-    out_dir = Path(config.out) if config.out else default_out_dir(protocol.name)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir}: exists and is not a directory")
-
     resolved = {
         **config.to_dict(),
         "architectures": names,
         "epochs": epochs,
         "batch_size": batch_size,
-        "lr": config.lr or defaults.lr,
+        # --lr-search: no one rate; the grid it tries, default filled in (a resume must match)
+        "lr": None if config.lr_search else config.lr or defaults.lr,
+        "lr_grid": list(config.lr_grid or DEFAULT_LR_GRID) if config.lr_search else None,
         "loss": config.loss or defaults.loss,
         "optimizer": defaults.optimizer,
         "folds_run": folds,
+        # torch threads of every cell: part of a deterministic run's configuration
+        "threads": resolve_threads(config, config.out),
     }
     first_split = next(iter(splits.values()))
     meta: dict[str, Any] = {
@@ -314,6 +295,8 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
             "name": dataset.name,
             "images": len(dataset),
             "class_names": list(dataset.class_names),
+            # what per_image.csv scores: each class, and for WBC the whole cell
+            "metric_classes": list(metric_classes(dataset.class_names)),
             "palette": list(dataset.palette),
             "warnings": list(dataset.warnings),
         },
@@ -324,34 +307,27 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
             "test_images": len(first_split.test),
             "input_size": list(first_split.train.labels.shape[1:]),
             "leaked_test_images": first_split.leaked_test_images,
+            "fixed_split": protocol.fixed_split,
+            "thesis_reference": protocol.thesis_reference,
+        },
+        # What each architecture is, as trained: the report states it even when a plugin
+        # is not loaded at rendering time.
+        "architectures": {
+            name: {
+                "source": architectures.get_spec(name).source,
+                "width_note": architectures.get_spec(name).width_note,
+                "options": cell_options(config, name),
+            }
+            for name in names
         },
         "environment": environment.describe(device),
         "started_utc": utc_now(),
         "finished_utc": None,
     }
-    # The same command with the same --out resumes: the finished cells are kept.
-    earlier = check_resumable(out_dir, resolved)
-    done = load_done_cells(out_dir) if earlier else {}
-    if earlier:
-        meta["command"] = earlier.get("command", meta["command"])
-        meta["started_utc"] = earlier.get("started_utc", meta["started_utc"])
-        meta["resumed_utc"] = [*earlier.get("resumed_utc", []), utc_now()]
-        # The cells already done were trained by the earlier invocations' code and machine:
-        # keep their environments (commit, versions, device) beside the current one.
-        meta["earlier_environments"] = [
-            *earlier.get("earlier_environments", []),
-            earlier["environment"],
-        ]
-        print(f"resuming {out_dir}: {len(done)} cell(s) already done", file=sys.stderr)
-    prepare_out_dir(out_dir)
-    write_json(out_dir / "config.json", meta)
-    for split in splits.values():
-        write_test_images(out_dir, split, dataset.palette)
-
     settings = CellSettings(
         epochs=epochs,
         batch_size=batch_size,
-        lr=resolved["lr"],
+        lr=config.lr or defaults.lr,  # under --lr-search each cell replaces it with its pick
         loss=resolved["loss"],
         width=config.width,
         options={},
@@ -362,95 +338,158 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
         channels_last=config.channels_last,
         compile=config.compile,
         host_memory=config.host_memory,
+        threads=resolved["threads"],
+        lr_grid=tuple(resolved["lr_grid"]) if config.lr_search else None,
+        validation_seed=config.split_seed,  # the same validation images for every cell of a fold
     )
-    class_metrics = metric_classes(dataset.class_names)
+    run = RunDir(config.out if config.out else new_default_out_dir(protocol.name))
+    run.create()
+    with run.lock():
+        return _run_locked(
+            config,
+            run,
+            meta,
+            names,
+            splits,
+            settings,
+            device,
+            dataset.palette,
+            metric_classes(dataset.class_names),
+        )
+
+
+def _run_locked(
+    config: RunConfig,
+    run: RunDir,
+    meta: dict[str, Any],
+    names: list[str],
+    splits: dict[int | None, ProtocolSplit],
+    settings: CellSettings,
+    device: Any,
+    palette: tuple[int, ...],
+    class_metrics: dict[str, tuple[int, ...]],
+) -> SuiteOutcome:
+    """The suite, with the run directory's lock held."""
+    for path in run.remove_stale_temporaries():
+        print(f"removed {path}, left half-written by a killed run", file=sys.stderr)
+    primary_seed = config.seeds[0]
+    folds = list(splits)
+    order = [(name, seed, fold) for name in names for seed in config.seeds for fold in folds]
+    # The same command with the same --out resumes: the finished cells are kept.
+    earlier = check_resumable(run, meta["config"])
+    done: dict[CellKey, CellRecord] = {}
+    if earlier:
+        meta["command"] = earlier.get("command", meta["command"])
+        meta["started_utc"] = earlier.get("started_utc", meta["started_utc"])
+        meta["resumed_utc"] = [*earlier.get("resumed_utc", []), utc_now()]
+        # The cells already done were trained by the earlier invocations' code and machine:
+        # keep their environments (commit, versions, device) beside the current one.
+        meta["earlier_environments"] = [
+            *earlier.get("earlier_environments", []),
+            earlier["environment"],
+        ]
+        records, problems = run.load_records()
+        for problem in problems:
+            print(f"bench: {problem}; its cell is trained again", file=sys.stderr)
+        for key in order:
+            if key not in records:
+                continue
+            reason = incomplete_reason(
+                run, records[key], splits[key[2]], class_metrics, primary_seed
+            )
+            if reason:
+                print(
+                    f"{cell_stem(*key)}: incomplete ({reason}); training it again", file=sys.stderr
+                )
+                continue
+            done[key] = records[key]
+            # A kill between the record and this deletion leaves the epoch checkpoint.
+            run.resume_path(*key).unlink(missing_ok=True)
+        print(f"resuming {run.path}: {len(done)} cell(s) already done", file=sys.stderr)
+    run.write_meta(meta)
+    for split in splits.values():
+        write_test_images(run, split, palette)
+
     # Rows are written in suite order whatever order the executor finishes cells in, so a
     # run's files do not depend on where its cells ran.
-    order = [(name, seed, fold) for name in names for seed in config.seeds for fold in folds]
-    finished = {key: done[key] for key in order if key in done}
+    finished = dict(done)
     jobs = [
         CellJob(
             name,
             seed,
             fold,
             dataclasses.replace(settings, options=cell_options(config, name)),
-            resume_path(out_dir, name, seed, fold),
+            run.resume_path(name, seed, fold),
         )
         for name, seed, fold in order
         if (name, seed, fold) not in done
     ]
 
     def write_rows() -> None:
-        cells = [finished[key] for key in order if key in finished]
-        write_csv(out_dir / "cells.csv", CELL_COLUMNS, (c.row() for c in cells))
-        write_csv(out_dir / "history.csv", HISTORY_COLUMNS, (r for c in cells for r in c.history))
-        write_csv(
-            out_dir / "per_image.csv", PER_IMAGE_COLUMNS, (r for c in cells for r in c.per_image)
-        )
+        run.write_tables([finished[key] for key in order if key in finished])
 
     stop = threading.Event()
     executor = make_executor(config, stop, device, settings.progress, train=train_cell)
     try:
         with stop_on_signals(stop), closing(executor.run(jobs, splits, class_metrics)) as results:
             for cell in results:
-                save_cell_outputs(
-                    out_dir, cell, splits[cell.fold], dataset.palette, primary_seed=config.seeds[0]
-                )
-                # A cell that ran where the run directory is not visible left any earlier
-                # epoch checkpoint of it here.
-                resume_path(out_dir, cell.architecture, cell.seed, cell.fold).unlink(
-                    missing_ok=True
-                )
-                print(summary_line(cell), flush=True)
-                finished[cell.architecture, cell.seed, cell.fold] = cell
+                record = record_of(cell)
+                # Outputs first, the record last: a cell is done exactly when its record
+                # exists, and until then its epoch checkpoint is kept.
+                save_cell_outputs(run, cell, splits[cell.fold], palette, primary_seed)
+                run.commit_cell(record)
+                run.resume_path(*record.key).unlink(missing_ok=True)
+                print(summary_line(record), flush=True)
+                finished[record.key] = record
                 write_rows()
         write_rows()  # also when every cell was done before
     except (CellInterrupted, KeyboardInterrupt):
         write_rows()  # every finished cell; the cut one has its epoch checkpoint
         command = meta["command"]
         if not config.out:  # the default out dir is new each time: name this one
-            command += f" --out {shlex.quote(str(out_dir))}"
-        raise SuiteInterrupted(out_dir, command) from None
+            command += f" --out {shlex.quote(str(run.path))}"
+        raise SuiteInterrupted(run.path, command) from None
 
     meta["environment"].update(executor.environment())
     meta["finished_utc"] = utc_now()
-    write_json(out_dir / "config.json", meta)
-    report.render_run(out_dir)  # derives summary.csv and statistics.csv, then renders
-    return SuiteOutcome(out_dir, [finished[key] for key in order])
+    run.write_meta(meta)
+    report.render_locked(run)  # derives summary.csv and statistics.csv, then renders
+    return SuiteOutcome(run.path, [finished[key] for key in order])
 
 
 def cell_options(config: RunConfig, name: str) -> dict[str, Any]:
     """Architecture options of a cell: the encoder, for the segmentation-models baselines."""
-    return {"encoder": config.encoder} if architectures.get_spec(name).source == "smp" else {}
+    return architecture_options(name, config.encoder)
 
 
-def summary_line(cell: CellResult) -> str:
-    where = f"seed {cell.seed}" + (f", fold {cell.fold}" if cell.fold is not None else "")
-    if cell.status != "ok":
-        return f"{cell.architecture} ({where}): FAILED: {cell.error}"
-    classes = dict.fromkeys(r["class"] for r in cell.per_image)
+def summary_line(record: CellRecord) -> str:
+    row = record.row
+    where = f"seed {row['seed']}" + (f", fold {row['fold']}" if row["fold"] is not None else "")
+    if row["status"] != "ok":
+        return f"{row['architecture']} ({where}): FAILED: {row['error']}"
+    classes = dict.fromkeys(r["class"] for r in record.per_image)
     dice = ", ".join(
-        f"{name} {np.mean([r['dice'] for r in cell.per_image if r['class'] == name]):.4f}"
+        f"{name} {np.mean([r['dice'] for r in record.per_image if r['class'] == name]):.4f}"
         for name in classes
     )
     return (
-        f"{cell.architecture} ({where}): test acc {cell.test_accuracy:.4f}, Dice {dice}, "
-        f"train {cell.train_seconds:.1f} s ({cell.images_per_second:.1f} img/s)"
+        f"{row['architecture']} ({where}): test acc {row['test_accuracy']:.4f}, Dice {dice}, "
+        f"train {row['train_seconds']:.1f} s ({row['images_per_second']:.1f} img/s)"
     )
 
 
-def write_test_images(out_dir: Path, split: ProtocolSplit, palette: tuple[int, ...]) -> None:
+def write_test_images(run: RunDir, split: ProtocolSplit, palette: tuple[int, ...]) -> None:
     """Ground truth of every test image (and inputs of the figure's images), original size."""
     test = split.test
     for i, image_id in enumerate(test.image_ids):
         h, w = test.sizes[i]
-        write_mask(out_dir / "truth" / f"{image_id}.png", test.labels[i, :h, :w], palette)
+        write_mask(run.truth_path(image_id), test.labels[i, :h, :w], palette)
         if i < FIGURE_IMAGES:
-            atomic_write_png(out_dir / "inputs" / f"{image_id}.png", test.images[i, :h, :w])
+            atomic_write_png(run.input_path(image_id), test.images[i, :h, :w])
 
 
 def save_cell_outputs(
-    out_dir: Path,
+    run: RunDir,
     cell: CellResult,
     split: ProtocolSplit,
     palette: tuple[int, ...],
@@ -459,17 +498,13 @@ def save_cell_outputs(
     """Predicted label maps (padding removed) and the final checkpoint of one cell."""
     if cell.status != "ok" or cell.predictions is None:
         return
-    folder = out_dir / "predictions" / cell.architecture
-    if cell.seed != primary_seed:
-        folder = folder / f"seed-{cell.seed}"
     for i, image_id in enumerate(split.test.image_ids):
         h, w = split.test.sizes[i]
-        write_mask(folder / f"{image_id}.png", cell.predictions[i, :h, :w], palette)
+        path = run.prediction_path(cell.architecture, cell.seed, image_id, primary_seed)
+        write_mask(path, cell.predictions[i, :h, :w], palette)
     if cell.model_state is not None:
-        fold = "all" if cell.fold is None else cell.fold
-        path = out_dir / "checkpoints" / f"{cell.architecture}_seed{cell.seed}_fold{fold}.pt"
-        atomic_torch_save(
-            path,
+        run.write_checkpoint(
+            (cell.architecture, cell.seed, cell.fold),
             {
                 "architecture": cell.architecture,
                 "seed": cell.seed,

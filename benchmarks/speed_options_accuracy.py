@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.results import read_csv
+from bench.run_dir import RunDir
 from bench.stats import image_scores
 
 VARIANTS = {
@@ -34,17 +34,17 @@ VARIANTS = {
 
 def foreground_dice(run_dir: Path) -> dict[int, dict[tuple[str, str], float]]:
     """seed -> (fold, image) -> the report's endpoint: mean of cytoplasm and nucleus Dice."""
-    rows = read_csv(run_dir / "per_image.csv")
-    seeds = sorted({int(row["seed"]) for row in rows})
+    rows = RunDir(run_dir).tables().per_image
+    seeds = sorted({row["seed"] for row in rows})
     return {
-        seed: image_scores([row for row in rows if int(row["seed"]) == seed])["unet_thesis"]
+        seed: image_scores([row for row in rows if row["seed"] == seed])["unet_thesis"]
         for seed in seeds
     }
 
 
 def images_per_second(run_dir: Path) -> dict[int, float]:
-    cells = read_csv(run_dir / "cells.csv")
-    return {int(row["seed"]): float(row["images_per_second"]) for row in cells}
+    cells = RunDir(run_dir).tables().cells
+    return {row["seed"]: row["images_per_second"] for row in cells}
 
 
 def mean_abs_difference(a: dict[Any, float], b: dict[Any, float]) -> float:
@@ -107,7 +107,7 @@ def main() -> int:
     # resumed run lists its earlier invocations' environments first).
     trained_by = {}
     for variant, out in runs.items():
-        meta = json.loads((out / "config.json").read_text())
+        meta = RunDir(out).read_meta()
         trained_by[variant] = [
             {key: environment.get(key) for key in ("git_commit", "cpu_model", "torch")}
             for environment in [*meta.get("earlier_environments", []), meta["environment"]]

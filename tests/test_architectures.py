@@ -91,7 +91,71 @@ def test_width_scales_channels() -> None:
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert convs[0].out_channels == 32 and max(c.out_channels for c in convs) == 512
     tiny = architectures.build("segnet_basic", width=0.001)
-    assert all(m.out_channels >= 1 for m in tiny.modules() if isinstance(m, nn.Conv2d))
+    assert [c.out_channels for c in _convs(tiny)] == [16] * 8 + [3]  # the floor; the head
+
+
+def test_scaled_floors_at_min_channels_but_never_widens_a_published_stage() -> None:
+    assert architectures.MIN_CHANNELS == 16
+    assert architectures._scaled(64, 0.25) == 16
+    assert architectures._scaled(64, 0.0625) == 16  # 4 without the floor
+    assert architectures._scaled(16, 0.25) == 16  # smp U-Net's last decoder stage: 4 without
+    assert architectures._scaled(1024, 0.0625) == 64
+    assert architectures._scaled(512, 1.0) == 512 and architectures._scaled(64, 2.0) == 128
+    assert architectures._scaled(8, 0.5) == 8  # an 8-channel stage stays 8, not 16
+    assert architectures._scaled(1, 0.001) == 1
+
+
+def _convs(model: nn.Module) -> list[nn.modules.conv._ConvNd]:
+    """Every convolution and transposed convolution, in module order."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+
+
+def _conv_channels(model: nn.Module) -> dict[str, int]:
+    """Output channels of every convolution, by module name."""
+    return {
+        name: m.out_channels
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.conv._ConvNd)
+    }
+
+
+def _build_on_meta(name: str, width: float) -> nn.Module:
+    """Shapes only (no memory, no initialisation): cheap even at width 1.0."""
+    with torch.device("meta"):
+        return architectures.build(name, width=width)
+
+
+BUILTINS = [n for n in architectures.available() if architectures.get_spec(n).source == "builtin"]
+SMP = architectures.available("smp_*")
+
+
+@pytest.mark.parametrize("width", [0.0625, 0.25])
+@pytest.mark.parametrize("name", BUILTINS + SMP)
+def test_no_conv_stage_below_the_channel_floor(name: str, width: float) -> None:
+    """Every conv has at least min(MIN_CHANNELS, its width-1.0 channels) outputs.
+
+    The min spares what the published design makes narrow at every width: the classifier
+    (num_classes outputs), MAnet's squeeze-and-excitation bottlenecks (channels / 16) and PAN's
+    1-channel attention maps. smp models are built with their default encoder (resnet34).
+    """
+    full = _conv_channels(_build_on_meta(name, 1.0))
+    narrow = _conv_channels(_build_on_meta(name, width))
+    assert narrow.keys() == full.keys()
+    too_narrow = {
+        n: (c, full[n]) for n, c in narrow.items() if c < min(architectures.MIN_CHANNELS, full[n])
+    }
+    assert not too_narrow, f"{name} at width {width}: (channels, at width 1.0) {too_narrow}"
+
+
+@pytest.mark.parametrize("width", [0.0625, 0.25])
+@pytest.mark.parametrize("name", BUILTINS)
+def test_thesis_models_have_no_conv_below_the_floor_but_the_classifier(
+    name: str, width: float
+) -> None:
+    model = _build_on_meta(name, width)
+    *stages, classifier = _convs(model)
+    assert classifier is model.head[0] and classifier.out_channels == 3  # num_classes filters
+    assert min(c.out_channels for c in stages) >= architectures.MIN_CHANNELS
 
 
 def test_check_output_shape_names_the_architecture() -> None:
@@ -237,7 +301,7 @@ def test_segnet_basic_structure() -> None:
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)][:-1]  # minus the head
     assert len(convs) == 8
     assert all(c.kernel_size == (7, 7) and c.bias is None for c in convs)
-    assert [c.out_channels for c in convs] == [8, 16, 32, 64, 32, 16, 8, 8]
+    assert [c.out_channels for c in convs] == [16, 16, 32, 64, 32, 16, 16, 16]  # floor: 16
     assert sum(isinstance(m, nn.ReLU) for m in model.encoder.modules()) == 4
     assert not any(isinstance(m, nn.ReLU) for m in model.decoder.modules())
     assert [p.kernel_size for p in model.pools] == [2, 2, 2, 3]
@@ -251,8 +315,8 @@ def test_deconvnet_structure() -> None:
     deconvs = [m for m in model.decoder.modules() if isinstance(m, nn.ConvTranspose2d)]
     assert len(convs) == 13 and len(deconvs) == 13
     assert all(c.kernel_size == (3, 3) for c in convs + deconvs)
-    assert [c.out_channels for c in convs] == [8, 8, 16, 16] + [32] * 3 + [64] * 6
-    assert [c.out_channels for c in deconvs] == [64] * 5 + [32] * 3 + [16] * 2 + [8] * 3
+    assert [c.out_channels for c in convs] == [16] * 4 + [32] * 3 + [64] * 6  # floor: 16
+    assert [c.out_channels for c in deconvs] == [64] * 5 + [32] * 3 + [16] * 5
     assert [getattr(p, "kernel_size", 1) for p in model.pools] == [1, 2, 2, 2, 3]
     assert model.fc[0].out_channels == 512  # 4096 * width
 
@@ -260,14 +324,67 @@ def test_deconvnet_structure() -> None:
 # --------------------------------------------------------------------------- smp baselines
 
 
+def _smp_unet_decoder_channels(model: nn.Module) -> list[int]:
+    return [block.conv2[0].out_channels for block in model.model.decoder.blocks]
+
+
 def test_smp_width_scales_the_decoder_only() -> None:
     narrow = architectures.build("smp_unet", width=0.5, encoder="resnet18")
     full = architectures.build("smp_unet", width=1.0, encoder="resnet18")
-    assert narrow.model.segmentation_head[0].in_channels == 8
-    assert full.model.segmentation_head[0].in_channels == 16
+    assert _smp_unet_decoder_channels(full) == [256, 128, 64, 32, 16]
+    assert _smp_unet_decoder_channels(narrow) == [128, 64, 32, 16, 16]  # 8 -> the floor
     assert architectures.count_parameters(narrow.model.encoder) == architectures.count_parameters(
         full.model.encoder
     )
+
+
+def test_smp_unet_at_quarter_width_keeps_16_channel_decoder_stages() -> None:
+    with torch.device("meta"):
+        model = architectures.build("smp_unet", width=0.25, encoder="resnet18")
+    # 64, 32, 16, 8, 4 without the floor: the 4-channel last stage never learnt the nucleus.
+    assert _smp_unet_decoder_channels(model) == [64, 32, 16, 16, 16]
+    assert model.model.segmentation_head[0].in_channels == 16
+
+
+def test_width_notes_say_what_width_scales() -> None:
+    for name in BUILTINS + SMP:
+        assert architectures.get_spec(name).width_note, name
+    for name in BUILTINS:
+        assert "every conv stage" in architectures.get_spec(name).width_note
+    for name in SMP:
+        assert "encoder at full size" in architectures.get_spec(name).width_note
+    linknet = architectures.get_spec("smp_linknet").width_note
+    assert linknet.startswith("ignored") and "Linknet" in linknet
+    assert architectures.get_spec("smp_unet").width_note.startswith("decoder only")
+
+
+def test_linknet_ignores_width_as_its_note_says() -> None:
+    counts = {
+        architectures.count_parameters(_build_on_meta("smp_linknet", width)) for width in (0.25, 1)
+    }
+    assert len(counts) == 1
+
+
+def test_register_architecture_takes_a_width_note() -> None:
+    @architectures.register_architecture("test_width_note_net", width_note="  ignored:  fixed  ")
+    def net(num_classes: int = 3, in_channels: int = 3, width: float = 1.0) -> nn.Module:
+        """A fixed-size net."""
+        return nn.Conv2d(in_channels, num_classes, 1)
+
+    try:
+        assert architectures.get_spec("test_width_note_net").width_note == "ignored: fixed"
+    finally:
+        architectures._unregister("test_width_note_net")
+
+    @architectures.register_architecture("test_no_width_note_net")
+    def other(num_classes: int = 3, in_channels: int = 3, width: float = 1.0) -> nn.Module:
+        """Says nothing about width."""
+        return nn.Conv2d(in_channels, num_classes, 1)
+
+    try:
+        assert architectures.get_spec("test_no_width_note_net").width_note == ""
+    finally:
+        architectures._unregister("test_no_width_note_net")
 
 
 def test_smp_failed_weight_download_suggests_random_init(monkeypatch: pytest.MonkeyPatch) -> None:

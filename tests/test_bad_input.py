@@ -14,11 +14,17 @@ Covered elsewhere, not repeated here (library level unless said):
 - empty folder: test_data.py::test_empty_folder_names_the_folder.
 - plugin with the wrong output shape: test_plugins.py::
   test_plugin_file_wrong_shape_names_file_and_architecture.
-The cases below drive the whole CLI (bench.cli.main) for each of these kinds of input.
+- plugin exiting or interrupted in its forward, entry points doing so: test_plugins.py.
+- mask encodings (edge damage repaired, indices accepted with --palette), a non-UTF-8 folder
+  name, images just over and at the pixel cap: test_data.py, test_images.py.
+The cases below drive the whole CLI (bench.cli.main) for each of these kinds of input; the
+ones from "Refused before anything is written" on also check that nothing was written: the
+--out directory does not appear and every file of the dataset is unchanged (SHA-256).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -28,7 +34,8 @@ import pytest
 from PIL import Image
 
 from bench.cli import main
-from bench.results import FORMAT_VERSION
+from bench.config import SEED_MAX, WIDTH_MAX
+from bench.run_dir import FORMAT_VERSION
 
 PLUGINS = Path(__file__).parent / "plugins"
 RUN = ["run", "unet_thesis", "--width", "0.0625", "--epochs", "1", "--batch-size", "2"]
@@ -164,3 +171,132 @@ def test_run_dir_of_an_incompatible_version(tmp_path, capsys):
     (out / "config.json").write_text(json.dumps({"format_version": FORMAT_VERSION + 1}))
     err = run_fails([*RUN, *SYNTHETIC, "--num-folds", "3", "--out", str(out)], capsys)
     assert "written by an incompatible version" in err and str(out) in err
+
+
+# --------------------------------------------------------------- refused before anything is written
+
+
+def snapshot(*roots: Path) -> dict[str, str | None]:
+    """SHA-256 of every file (and a mark for every folder) under ``roots``; None: missing."""
+    state: dict[str, str | None] = {}
+    for root in roots:
+        if not root.exists():
+            state[str(root)] = None
+            continue
+        for path in sorted([root, *root.rglob("*")]):
+            is_file = path.is_file() and not path.is_symlink()
+            state[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest() if is_file else "dir"
+    return state
+
+
+def refused(argv: list[str], capsys: pytest.CaptureFixture[str], out: Path, *watched: Path) -> str:
+    """Run ``bench run ... --out OUT``: exit 2, OUT not created, ``watched`` unchanged."""
+    assert not out.exists()
+    before = snapshot(*watched)
+    err = run_fails([*argv, "--out", str(out)], capsys)
+    assert not out.exists(), "a refused run created its --out directory"
+    assert snapshot(*watched) == before
+    return err
+
+
+@pytest.mark.parametrize(
+    ("arch", "encoder", "hint"),
+    [
+        ("smp_unet", "nope", "(e.g. resnet18, resnet34"),
+        ("smp_unet", "resnt18", "(did you mean resnet18"),
+        ("unet_thesis", "resnt18", "(did you mean resnet18"),  # a typo is a typo
+        ("smp_fpn", "tu-resnt18", "(did you mean tu-resnet18"),
+    ],
+)
+def test_unknown_encoder(tmp_path, capsys, arch, encoder, hint):
+    argv = ["run", arch, *SYNTHETIC, "--epochs", "1", "--encoder", encoder]
+    err = refused(argv, capsys, tmp_path / "run")
+    assert f"--encoder: unknown encoder {encoder!r}" in err and hint in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--seeds", "-5"),
+        ("--seeds", "1" * 22),
+        ("--seeds", str(SEED_MAX + 1)),
+        ("--split-seed", "-1"),
+        ("--split-seed", "1" * 22),
+    ],
+)
+def test_seed_out_of_range(tmp_path, capsys, flag, value):
+    err = refused([*RUN, *SYNTHETIC, flag, value], capsys, tmp_path / "run")
+    assert f"{flag} must be in 0..4294967295" in err and "numpy" in err and value in err
+
+
+@pytest.mark.parametrize("width", ["10000", "4.01"])
+def test_width_out_of_range(tmp_path, capsys, width):
+    argv = ["run", "unet_thesis", *SYNTHETIC, "--epochs", "1", "--width", width]
+    err = refused(argv, capsys, tmp_path / "run")
+    assert f"--width must be in (0, {WIDTH_MAX:g}]" in err and width in err
+
+
+def test_the_range_ends_are_accepted():
+    from bench.config import RunConfig, validate
+
+    validate(RunConfig(architectures=("x",), seeds=(0, SEED_MAX), split_seed=SEED_MAX, width=4))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("import sys\nsys.exit(0)\n", "called sys.exit(0) during its import"),
+        # What Ctrl-C raises while a plugin hangs at import.
+        ("raise KeyboardInterrupt\n", "interrupted (Ctrl-C) during its import"),
+    ],
+)
+def test_plugin_exiting_or_interrupted_at_import(tmp_path, capsys, body, message):
+    plugin = tmp_path / "plugins" / "quitter.py"
+    plugin.parent.mkdir()
+    plugin.write_text(body)
+    argv = [*RUN, *SYNTHETIC, "--plugin", str(plugin)]
+    err = refused(argv, capsys, tmp_path / "run")  # (Python may cache the plugin's bytecode)
+    assert f"plugin file {str(plugin)!r}" in err and message in err
+
+
+def test_class_index_masks(tmp_path, capsys):
+    data = folder_dataset(tmp_path)
+    for mask in (data / "masks").iterdir():  # 0/128/255 -> class indices 0/1/2
+        grey = np.asarray(Image.open(mask))
+        Image.fromarray(np.searchsorted([0, 128, 255], grey).astype(np.uint8)).save(mask)
+    err = refused([*RUN, "--dataset", f"folder:{data}"], capsys, tmp_path / "run", data)
+    assert f"folder:{data}" in err and str(data / "masks" / "img") in err
+    assert "--palette 0:0,1:1,2:2" in err
+
+
+def test_masks_all_off_the_palette(tmp_path, capsys):
+    data = folder_dataset(tmp_path)
+    for mask in (data / "masks").iterdir():  # 0/128/255 -> 10/138/245: no pixel on the palette
+        grey = np.asarray(Image.open(mask)).astype(np.int64)
+        Image.fromarray(np.clip(grey + 10, 0, 245).astype(np.uint8)).save(mask)
+    err = refused([*RUN, "--dataset", f"folder:{data}"], capsys, tmp_path / "run", data)
+    assert f"folder:{data}" in err and "100.0% of their pixels are off it" in err
+    assert "--palette 10:0,138:1,245:2" in err
+
+
+def test_file_name_not_utf8(tmp_path, capsys):
+    data = folder_dataset(tmp_path)
+    name = b"img\xff.png"  # a Latin-1 name, as os.fsdecode sees it: 'img\udcff.png'
+    for sub in ("images", "masks"):
+        source = os.fsencode(data / sub / "img0.png")
+        try:
+            os.rename(source, os.fsencode(data / sub) + b"/" + name)
+        except OSError as error:  # e.g. macOS: names must be UTF-8
+            pytest.skip(f"this file system refuses non-UTF-8 names: {error}")
+    err = refused([*RUN, "--dataset", f"folder:{data}"], capsys, tmp_path / "run", data)
+    assert repr(os.fsdecode(name)) in err and "not valid UTF-8" in err
+
+
+def test_image_over_the_pixel_cap(tmp_path, capsys):
+    from test_images import blank_png
+
+    data = folder_dataset(tmp_path)
+    big = data / "images" / "img1.png"
+    blank_png(big, 12000, 12000)  # 17 KB on disk, 144 Mpx decoded
+    err = refused([*RUN, "--dataset", f"folder:{data}"], capsys, tmp_path / "run", data)
+    assert str(big) in err and "the cap is 16777216 (4096x4096) pixels per image" in err

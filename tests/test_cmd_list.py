@@ -27,20 +27,120 @@ def test_list_json_unet_thesis(capsys: pytest.CaptureFixture[str]) -> None:
     rows = json.loads(capsys.readouterr().out)
     assert [row["name"] for row in rows] == ["unet_thesis"]
     row = rows[0]
-    assert {"name", "source", "params", "gflops", "description"} <= set(row)
+    assert {"name", "source", "params", "gflops", "width", "encoder", "width_note"} <= set(row)
     assert "error" not in row
     assert row["source"] == "builtin"
-    assert row["params"] == 26_230_851
+    assert row["params"] == 26_230_851  # default width 1.0: the Keras model's count
     assert 10 < row["gflops"] < 20  # ~7.6 GMACs at 120x120, 2 flops each
+    assert row["width"] == 1.0 and row["encoder"] is None  # no encoder option
+    assert row["width_note"] == "every conv stage, min 16 ch"
     assert row["description"]
+
+
+def _rows(capsys: pytest.CaptureFixture[str], *argv: str) -> list[dict]:
+    assert main(["list", "--json", *argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_list_width_gives_the_counts_of_the_model_that_is_trained(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    thesis = "[dsu][en]*"  # deconvnet, segnet_basic, unet_thesis
+    full = {row["name"]: row for row in _rows(capsys, "--width", "1", thesis)}
+    quarter = {row["name"]: row for row in _rows(capsys, "--width", "0.25", thesis)}
+    assert full.keys() == quarter.keys() == {"unet_thesis", "segnet_basic", "deconvnet"}
+    assert quarter["unet_thesis"]["params"] == 1_643_283
+    assert quarter["unet_thesis"]["width"] == 0.25
+    for name in full:
+        assert quarter[name]["params"] < full[name]["params"], name
+        assert quarter[name]["gflops"] < full[name]["gflops"], name
+    for name in ("smp_unet", "smp_linknet"):
+        full[name], quarter[name] = (_rows(capsys, "--width", w, name)[0] for w in ("1", "0.25"))
+    assert quarter["smp_unet"]["params"] < full["smp_unet"]["params"]
+    # Linknet has no decoder width: the same model, and the note says so.
+    assert quarter["smp_linknet"]["params"] == full["smp_linknet"]["params"]
+    assert quarter["smp_linknet"]["width_note"].startswith("ignored")
+
+
+def test_list_encoder_gives_the_smp_counts_with_that_encoder(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (default,) = _rows(capsys, "--width", "0.25", "smp_unet")
+    (small,) = _rows(capsys, "--width", "0.25", "--encoder", "mobilenet_v2", "smp_unet")
+    assert default["encoder"] == "resnet34" and small["encoder"] == "mobilenet_v2"
+    assert small["params"] < 4_000_000 < 20_000_000 < default["params"]
+    assert small["width_note"] == "decoder only, min 16 ch; encoder at full size"
+    (thesis,) = _rows(capsys, "--width", "0.25", "--encoder", "mobilenet_v2", "unet_thesis")
+    assert thesis["encoder"] is None and thesis["params"] == 1_643_283
+
+
+def test_list_counts_equal_those_of_a_real_build(capsys: pytest.CaptureFixture[str]) -> None:
+    """The list builds on the meta device; its numbers are those of the model trained."""
+    for name, options in (("segnet_basic", {}), ("smp_unet", {"encoder": "resnet18"})):
+        model = architectures.build(name, width=0.25, **options)
+        argv = ["--width", "0.25", "--encoder", "resnet18", name]
+        (row,) = _rows(capsys, *argv)
+        assert row["params"] == architectures.count_parameters(model)
+        assert row["gflops"] == round(architectures.forward_gflops(model, (120, 120)), 4)
+
+
+def test_list_falls_back_to_a_cpu_build_when_meta_cannot_run_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    @architectures.register_architecture("test_needs_real_tensors")
+    def needs_real(num_classes: int = 3, in_channels: int = 3, width: float = 1.0) -> nn.Module:
+        """Reads a tensor's value while it is built."""
+        conv = nn.Conv2d(in_channels, num_classes, 1)
+        assert conv.weight.abs().sum().item() > 0  # impossible on the meta device
+        return conv
+
+    try:
+        (row,) = _rows(capsys, "test_needs_real_tensors")
+    finally:
+        architectures._unregister("test_needs_real_tensors")
+    assert "error" not in row and row["params"] == 12 and row["width_note"] == ""
+
+
+def test_list_table_shows_the_width_note_and_the_configuration(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["list", "--width", "0.25", "--encoder", "resnet18", "smp_linknet"]
+    assert main(argv) == 0
+    caption, header, line = capsys.readouterr().out.splitlines()
+    assert caption.startswith("width 0.25, smp encoder resnet18:")
+    assert header.split()[:6] == ["NAME", "SOURCE", "PARAMS", "GFLOPS", "WIDTH", "SCALES"]
+    assert "ignored: Linknet has no decoder width; encoder at full size" in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--width", "0"], "--width must be in (0, 4]"),
+        (["--width", "nan"], "--width must be in (0, 4]"),
+        (["--width", "5"], "--width must be in (0, 4]"),
+        (["--encoder", "resnet35", "smp_unet"], "--encoder: unknown encoder 'resnet35'"),
+    ],
+)
+def test_list_bad_width_or_encoder_is_refused(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main(["list", *argv]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
 
 
 def test_list_with_plugin_file_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", "--plugin", str(PLUGINS / "good_plugin.py"), "test_good_*"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["NAME", "SOURCE", "PARAMS", "GFLOPS", "DESCRIPTION"]
-    assert out[1].split()[:2] == ["test_good_plugin_net", "plugin:good_plugin.py"]
-    assert len(out) == 2
+    assert out[0] == (
+        "width 1: parameters and GFLOPs (one 3x120x120 image) of the models as bench run "
+        "trains them"
+    )
+    header = ["NAME", "SOURCE", "PARAMS", "GFLOPS", "WIDTH", "SCALES", "DESCRIPTION"]
+    assert out[1].split() == header
+    assert out[2].split()[:2] == ["test_good_plugin_net", "plugin:good_plugin.py"]
+    assert "not stated" in out[2]  # the plugin gives no width note
+    assert len(out) == 3
 
 
 def test_list_broken_plugin_file_is_reported_and_the_rest_listed(

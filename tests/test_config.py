@@ -81,3 +81,24 @@ def test_every_field_is_a_flag():
 def test_cli_reports_bad_epochs_with_exit_2(capsys):
     assert main(["run", "unet_thesis", "--epochs", "0"]) == 2
     assert "--epochs must be positive" in capsys.readouterr().err
+
+
+def test_threads_from_toml_and_flag(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('architectures = ["unet_thesis"]\nthreads = 2\ndeterministic = true\n')
+    assert build_config({}, str(path)).threads == 2
+    assert build_config({"threads": 3}, str(path)).threads == 3  # the flag wins
+    assert build_config({"architectures": ("unet_thesis",)}).threads is None  # not given
+
+
+@pytest.mark.parametrize("threads", [0, -1])
+def test_threads_must_be_at_least_one(threads):
+    with pytest.raises(ConfigError, match="--threads must be at least 1"):
+        build_config({"architectures": ("unet_thesis",), "threads": threads})
+
+
+def test_threads_in_toml_must_be_int(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("threads = 1.5\n")
+    with pytest.raises(ConfigError, match="'threads' must be int"):
+        load_toml(path)

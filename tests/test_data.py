@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from bench.data import (
+    OFF_PALETTE_LIMIT,
     WBC_CLASS_NAMES,
     WBC_PALETTE,
     DataWarning,
@@ -330,3 +332,110 @@ def test_colour_mask_names_the_file(tmp_path):
     Image.fromarray(image).save(tmp_path / "c.png")
     with pytest.raises(DataError, match=r"c\.png"):
         load_dataset(f"folder:{tmp_path}")
+
+
+# --------------------------------------------------------------------------- mask encodings
+
+
+def _masks_folder(tmp_path: Path, values: list[int], count: int = 3) -> Path:
+    """``count`` pairs whose masks use ``values`` (background, the first, on 3/4 of pixels)."""
+    for i in range(count):
+        rng = np.random.default_rng(i)
+        choice = rng.choice(
+            len(values), size=(16, 16), p=[0.75, *[0.25 / (len(values) - 1)] * (len(values) - 1)]
+        )
+        Image.fromarray(_pair(16, 16, seed=i)[0]).save(tmp_path / f"m{i}.bmp")
+        Image.fromarray(np.array(values, dtype=np.uint8)[choice]).save(tmp_path / f"m{i}.png")
+    return tmp_path
+
+
+def test_class_index_masks_are_refused_with_the_palette_to_pass(tmp_path):
+    folder = _masks_folder(tmp_path, [0, 1, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused outright, not one warning per mask first
+        with pytest.raises(DataError) as info:
+            load_dataset(f"folder:{folder}")
+    message = str(info.value)
+    assert f"folder:{folder.resolve()}" in message
+    assert "m0.png" in message or "m1.png" in message or "m2.png" in message
+    assert "class indices" in message and "--palette 0:0,1:1,2:2" in message
+
+
+def test_class_index_masks_load_with_the_identity_palette(tmp_path):
+    folder = _masks_folder(tmp_path, [0, 1, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = load_dataset(f"folder:{folder}", palette=parse_palette("0:0,1:1,2:2"))
+    assert set(np.unique(ds.samples[0].mask).tolist()) == {0, 1, 2}
+
+
+def test_two_class_index_masks_under_a_binary_palette_are_refused(tmp_path):
+    folder = _masks_folder(tmp_path, [0, 1])
+    with pytest.raises(DataError, match="--palette 0:0,1:1 "):
+        load_dataset(f"folder:{folder}", palette={0: 0, 255: 1})
+
+
+@pytest.mark.parametrize(
+    ("values", "hint"),
+    [
+        ([10, 20, 30], "--palette 10:0,20:1,30:2"),  # every value off the palette
+        ([0, 64, 192], "--palette 0:0,64:1,192:2"),  # 64 is as near 0 as 128
+        ([0, 64, 100, 192], "--palette GREY:CLASS"),
+    ],
+)
+def test_masks_mostly_off_the_palette_are_refused(tmp_path, values, hint):
+    folder = _masks_folder(tmp_path, values)
+    with pytest.raises(DataError) as info:
+        load_dataset(f"folder:{folder}")
+    message = str(info.value)
+    assert f"folder:{folder.resolve()}" in message and ".png" in message
+    assert "do not use the palette [0, 128, 255]" in message and hint in message
+
+
+def test_edge_damage_below_the_limit_is_repaired_with_a_warning(tmp_path):
+    assert OFF_PALETTE_LIMIT == 0.25
+    image, mask = _pair(20, 20)
+    mask[:4, :] = 127  # 80 of 400 pixels (20 %) just off the cytoplasm value
+    Image.fromarray(image).save(tmp_path / "edges.bmp")
+    Image.fromarray(mask).save(tmp_path / "edges.png")
+    with pytest.warns(DataWarning, match=r"edges\.png: 80 pixels"):
+        ds = load_dataset(f"folder:{tmp_path}")
+    assert (ds.samples[0].mask[:4, :] == 1).all()
+    mask[:6, :] = 127  # 120 of 400 (30 %): over the limit
+    Image.fromarray(mask).save(tmp_path / "edges.png")
+    with pytest.raises(DataError, match=r"30\.0% of their pixels are off it"):
+        load_dataset(f"folder:{tmp_path}")
+
+
+# --------------------------------------------------------------------------- names
+
+
+def _non_utf8(folder: Path, name: bytes) -> Path:
+    """``folder/name`` for a name that is not UTF-8; skips where the file system refuses it."""
+    path = os.fsencode(folder) + b"/" + name
+    try:
+        with open(path, "wb"):
+            pass
+    except OSError as error:  # e.g. macOS: names must be UTF-8
+        pytest.skip(f"this file system refuses non-UTF-8 names: {error}")
+    return Path(os.fsdecode(path))
+
+
+def test_file_name_not_utf8_is_refused_naming_it(tmp_path):
+    _write(tmp_path, "good")
+    image_path = _non_utf8(tmp_path, b"caf\xe9.bmp")
+    Image.fromarray(_pair()[0]).save(image_path)
+    Image.fromarray(_pair()[1]).save(tmp_path / (image_path.stem + ".png"))
+    with pytest.raises(DataError) as info:
+        load_dataset(f"folder:{tmp_path}")
+    assert repr(image_path.name) in str(info.value) and "not valid UTF-8" in str(info.value)
+    str(info.value).encode("utf-8", "backslashreplace")  # the message itself can be printed
+
+
+def test_folder_name_not_utf8_is_refused(tmp_path):
+    folder = _non_utf8(tmp_path, b"d\xff")
+    folder.unlink()
+    folder.mkdir()
+    _write(folder, "a")
+    with pytest.raises(DataError, match="dataset folder .* is not valid UTF-8"):
+        load_dataset(f"folder:{folder}")

@@ -72,16 +72,16 @@ def test_out_of_memory_retries_with_half_the_batch_then_fails(tmp_path, capsys):
 
 
 def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
-    from bench import results
+    from bench import atomic
 
     path = tmp_path / "cells.csv"
-    results.atomic_write_text(path, "old\n")
+    atomic.atomic_write_text(path, "old\n")
 
     def crash(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(results.os, "replace", crash)
+    monkeypatch.setattr(atomic.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
-        results.atomic_write_text(path, "new\n")
+        atomic.atomic_write_text(path, "new\n")
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["cells.csv"]  # no temporary left over

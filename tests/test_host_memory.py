@@ -16,7 +16,7 @@ import pytest
 
 from bench import host_memory
 from bench.cli import main
-from bench.results import read_csv
+from bench.run_dir import read_csv
 
 from tiny_runs import cell_settings, run_argv
 

@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
 from bench.errors import DataError
-from bench.images import mask_to_classes, read_image, read_mask, write_mask
+from bench.images import MAX_IMAGE_PIXELS, mask_to_classes, read_image, read_mask, write_mask
 
 WBC = {0: 0, 128: 1, 255: 2}
+
+
+def blank_png(path: Path, width: int, height: int) -> None:
+    """A valid all-black 1-bit PNG of any size, written row by row: a 12000x12000 one is
+    17 KB on disk and never exists decoded in memory (PIL would allocate 144 MB to save it)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    row = b"\x00" + bytes((width + 7) // 8)  # filter byte "none", then the packed bits
+    compressor = zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grey
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
 
 
 def _noisy_rgb(h: int = 48, w: int = 40, seed: int = 0) -> np.ndarray:
@@ -115,3 +135,36 @@ def test_write_mask_roundtrip(tmp_path):
     assert mask_to_classes(grey, WBC)[0].tolist() == classes.tolist()
     with pytest.raises(ValueError):
         write_mask(tmp_path / "bad.png", np.array([[3]]), (0, 128, 255))
+
+
+def test_blank_png_is_a_valid_png(tmp_path):
+    blank_png(tmp_path / "small.png", 37, 23)
+    assert read_mask(tmp_path / "small.png").shape == (23, 37)
+    assert read_image(tmp_path / "small.png").max() == 0
+
+
+def test_the_pixel_cap_is_4096_squared():
+    assert MAX_IMAGE_PIXELS == 4096 * 4096
+
+
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [
+        (4097, 4096),  # just over the cap: refused from the header by bench
+        (12000, 12000),  # over Pillow's warning limit (89 Mpx): the warning is an error
+        (14000, 14000),  # over Pillow's error limit (179 Mpx)
+    ],
+)
+@pytest.mark.parametrize("reader", [read_image, read_mask])
+def test_images_over_the_pixel_cap_are_refused_naming_file_and_cap(tmp_path, width, height, reader):
+    path = tmp_path / f"big_{width}.png"
+    blank_png(path, width, height)
+    with pytest.raises(DataError) as info:
+        reader(path)
+    message = str(info.value)
+    assert str(path) in message and str(MAX_IMAGE_PIXELS) in message and "4096x4096" in message
+
+
+def test_an_image_at_the_pixel_cap_is_read(tmp_path):
+    blank_png(tmp_path / "cap.png", 4096, 4096)
+    assert read_mask(tmp_path / "cap.png").shape == (4096, 4096)

@@ -122,7 +122,12 @@ def test_properties_on_any_masks(pair):
     backward = metrics.image_metrics(target, prediction)
     for name, ids in metrics.WBC_METRIC_CLASSES.items():
         values = forward[name]
-        assert all(0.0 <= v <= 1.0 for v in values.values())
+        scores = {k: v for k, v in values.items() if k not in ("tp", "fp", "fn", "tn")}
+        assert all(0.0 <= v <= 1.0 for v in scores.values())
+        # The counts partition the pixels, and the scores follow from them.
+        assert values["tp"] + values["fp"] + values["fn"] + values["tn"] == target.size
+        counts = metrics.ConfusionCounts(values["tp"], values["fp"], values["fn"], values["tn"])
+        assert values["dice"] == metrics.dice(counts)
         assert values["jaccard"] <= values["dice"] + 1e-12
         # Dice and Jaccard are symmetric in prediction and truth.
         assert values["jaccard"] == pytest.approx(backward[name]["jaccard"], abs=1e-12)

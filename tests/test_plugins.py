@@ -215,3 +215,88 @@ def test_plugin_file_clashes_name_the_plugin(tmp_path: Path, names: list[str], m
         architectures.load_plugin_file(path)
     assert architectures.get_spec("unet_thesis").source == "builtin"
     assert "test_twice" not in architectures.available()
+
+
+_REGISTERS_THEN = """
+from torch import nn
+from architectures import register_architecture
+
+
+@register_architecture("test_registered_before_exit")
+def factory(num_classes=3, in_channels=3, width=1.0):
+    return nn.Conv2d(in_channels, num_classes, 1)
+
+
+{tail}
+"""
+
+
+@pytest.mark.parametrize(
+    ("tail", "match"),
+    [
+        ("import sys\nsys.exit(0)", r"exit_plugin\.py' called sys\.exit\(0\) during its import"),
+        ("raise SystemExit('bye')", r"exit_plugin\.py' called sys\.exit\('bye'\)"),
+        # What Ctrl-C raises in a plugin that hangs at import.
+        ("raise KeyboardInterrupt", r"exit_plugin\.py': interrupted \(Ctrl-C\) during its import"),
+        ("raise GeneratorExit", r"exit_plugin\.py' could not be imported: GeneratorExit"),
+    ],
+)
+def test_plugin_file_exiting_or_interrupted_at_import_names_the_file(
+    tmp_path: Path, tail: str, match: str
+) -> None:
+    path = tmp_path / "exit_plugin.py"
+    path.write_text(_REGISTERS_THEN.format(tail=tail))
+    with pytest.raises(ArchitectureError, match=match):
+        architectures.load_plugin_file(path)
+    assert "test_registered_before_exit" not in architectures.available()  # rolled back
+    assert not [m for m in sys.modules if m.startswith("_bench_plugin_exit_plugin")]
+
+
+def test_plugin_file_exiting_in_its_forward_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "exit_forward.py"
+    path.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from torch import nn
+            from architectures import register_architecture
+
+            class Quits(nn.Module):
+                def forward(self, x):
+                    sys.exit(3)
+
+            @register_architecture("test_quits_in_forward")
+            def factory(num_classes=3, in_channels=3, width=1.0):
+                return Quits()
+            """
+        )
+    )
+    with pytest.raises(ArchitectureError, match=r"exit_forward\.py' called sys\.exit\(3\).*shape"):
+        architectures.load_plugin_file(path)
+    assert "test_quits_in_forward" not in architectures.available()
+
+
+def test_entry_point_calling_sys_exit_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    _fake_distribution(site, "exiting-dist", {"exiting": "bench_exiting_ep"})
+    (site / "bench_exiting_ep.py").write_text("import sys\nsys.exit(0)\n")
+    monkeypatch.syspath_prepend(str(site))
+    architectures._reset_plugins_for_tests()
+    with pytest.warns(UserWarning, match="exiting-dist.*SystemExit"):
+        names = architectures.available()
+    assert "unet_thesis" in names
+    assert "SystemExit" in architectures.plugin_errors()["exiting"]
+
+
+def test_entry_point_interrupted_at_import_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    _fake_distribution(site, "hanging-dist", {"hanging": "bench_hanging_ep"})
+    (site / "bench_hanging_ep.py").write_text("raise KeyboardInterrupt\n")
+    monkeypatch.syspath_prepend(str(site))
+    architectures._reset_plugins_for_tests()
+    with pytest.raises(ArchitectureError, match=r"interrupted \(Ctrl-C\).*'hanging-dist'"):
+        architectures.available()

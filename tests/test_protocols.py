@@ -1,4 +1,5 @@
-"""Protocols on the real data: the thesis's exact split, and the clean k-fold split."""
+"""Protocols on the real data: the thesis's exact split (with and without its leak), and the
+clean k-fold split."""
 
 from __future__ import annotations
 
@@ -7,12 +8,36 @@ import pytest
 
 from bench.data import load_dataset
 from bench.errors import ConfigError
-from bench.protocols import IGNORE_INDEX, get_protocol, split_sizes, thesis_augment
+from bench.protocols import IGNORE_INDEX, PROTOCOLS, get_protocol, split_sizes, thesis_augment
+
+# The thesis split's 30 test images on wbc1, in split order: computed once from the seed-2
+# shuffle and pinned here, so that any change to the shuffle (seed, order of the 448, test
+# fraction, which copy is augmented) fails loudly instead of silently moving the test set.
+THESIS_TEST_IDS = (
+    "034", "039", "210_aug", "052", "214_aug", "037_aug", "166", "271", "242", "070_aug",
+    "189", "199", "255_aug", "295", "064_aug", "159_aug", "048", "290", "295_aug", "159",
+    "286_aug", "237", "040_aug", "211_aug", "099", "099_aug", "023", "095", "016", "243",
+)  # fmt: skip
+THESIS_LEAKED = 24  # test images whose twin is in the thesis's training set
+
+
+def _source(image_id: str) -> str:
+    return image_id.removesuffix("_aug")
 
 
 @pytest.fixture(scope="module")
 def wbc(wbc_dir):
     return load_dataset("wbc1", wbc_dir)
+
+
+@pytest.fixture(scope="module")
+def thesis_split(wbc):
+    return get_protocol("thesis").split(wbc)
+
+
+@pytest.fixture(scope="module")
+def noleak_split(wbc):
+    return get_protocol("thesis-noleak").split(wbc)
 
 
 def test_thesis_split_reproduces_448_418_30(wbc):
@@ -28,6 +53,56 @@ def test_thesis_split_reproduces_448_418_30(wbc):
     assert split.leaked_test_images == leaked
     assert leaked > 20  # nearly all of them: the flaw the report must state
     assert not split.augment
+
+
+def test_thesis_split_is_pinned_to_its_30_test_images(thesis_split):
+    assert thesis_split.test.image_ids == THESIS_TEST_IDS
+    assert thesis_split.leaked_test_images == THESIS_LEAKED
+    assert not set(thesis_split.train.image_ids) & set(THESIS_TEST_IDS)
+
+
+def test_thesis_noleak_keeps_the_test_set_and_drops_only_the_twins(thesis_split, noleak_split):
+    # The same test images, in the same order, with the same pixels and labels.
+    assert noleak_split.test.image_ids == THESIS_TEST_IDS
+    assert np.array_equal(noleak_split.test.images, thesis_split.test.images)
+    assert np.array_equal(noleak_split.test.labels, thesis_split.test.labels)
+    assert noleak_split.test.sizes == thesis_split.test.sizes
+    # No test image's source (original or augmented twin) is left in training.
+    test_sources = {_source(i) for i in THESIS_TEST_IDS}
+    assert len(test_sources) == 27  # 3 original/twin pairs are both in the test set
+    twins = {f"{s}_aug" for s in test_sources} | test_sources
+    assert not twins & set(noleak_split.train.image_ids)
+    assert noleak_split.leaked_test_images == 0
+    # Training = the thesis's training set minus exactly the 24 leaked twins, order kept.
+    dropped = [i for i in thesis_split.train.image_ids if _source(i) in test_sources]
+    assert len(dropped) == THESIS_LEAKED
+    kept = tuple(i for i in thesis_split.train.image_ids if i not in dropped)
+    assert noleak_split.train.image_ids == kept
+    assert len(noleak_split.train) == 418 - 24 == 394
+    index = {image_id: n for n, image_id in enumerate(thesis_split.train.image_ids)}
+    rows = [index[i] for i in kept]
+    assert np.array_equal(noleak_split.train.images, thesis_split.train.images[rows])
+    assert np.array_equal(noleak_split.train.labels, thesis_split.train.labels[rows])
+    assert noleak_split.protocol == "thesis-noleak"
+    assert noleak_split.fold is None and not noleak_split.augment
+
+
+def test_thesis_noleak_settings_equal_the_thesis():
+    thesis, noleak = get_protocol("thesis"), get_protocol("thesis-noleak")
+    assert noleak.defaults == thesis.defaults
+    assert noleak.fixed_split and thesis.fixed_split and not get_protocol("clean").fixed_split
+    assert "leak" in noleak.summary and "same test images" in noleak.summary
+
+
+def test_thesis_noleak_of_a_single_image_has_nothing_left_to_train_on():
+    from bench.data import Sample, SegmentationDataset
+    from bench.errors import DataError
+
+    sample = Sample("000", np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8))
+    dataset = SegmentationDataset("one", ("a", "b", "c"), (0, 128, 255), (sample,))
+    assert len(get_protocol("thesis").split(dataset).train) == 1
+    with pytest.raises(DataError, match="no training images left"):
+        get_protocol("thesis-noleak").split(dataset)
 
 
 def test_thesis_augmented_copy_is_flip_then_rotate_left(wbc):
@@ -91,13 +166,15 @@ def test_clean_split_changes_with_seed_and_rejects_bad_fold(wbc):
 
 def test_split_sizes(wbc):
     sizes = split_sizes(wbc)
-    assert sizes["thesis"]["train"] == 418 and sizes["thesis"]["test"] == 30
+    assert set(sizes) == set(PROTOCOLS)
+    assert sizes["thesis"] == {"train": 418, "test": 30, "leaked_test_images": 24}
+    assert sizes["thesis-noleak"] == {"train": 394, "test": 30, "leaked_test_images": 0}
     assert sizes["clean"]["train"] == 240 and sizes["clean"]["test"] == 60
     assert sizes["clean"]["fold_test_sizes"] == [60] * 5
 
 
 def test_unknown_protocol_lists_known():
-    with pytest.raises(ConfigError, match="clean, thesis"):
+    with pytest.raises(ConfigError, match="clean, thesis, thesis-noleak"):
         get_protocol("nope")
 
 
@@ -119,3 +196,25 @@ def test_thesis_split_of_non_square_images_pads_the_rotated_copies():
     for side in (split.train, split.test):
         for i, image_id in enumerate(side.image_ids):
             assert side.sizes[i] == ((8, 6) if image_id.endswith("_aug") else (6, 8))
+
+
+def test_split_sizes_name_the_protocols_a_small_dataset_cannot_split():
+    from bench.data import Sample, SegmentationDataset
+
+    samples = tuple(
+        Sample(f"{i}", np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8)) for i in range(3)
+    )
+    sizes = split_sizes(SegmentationDataset("toy", ("a", "b", "c"), (0, 128, 255), samples))
+    assert sizes["clean"] == "unavailable: cannot make 5 folds from 3 images"
+    assert sizes["thesis"]["test"] == 1 and sizes["thesis-noleak"]["train"] == 4
+
+
+def test_data_info_json_lists_every_protocol(wbc_dir, capsys):
+    import json
+
+    from bench.cli import main
+
+    assert main(["data", "info", "wbc1", "--data-dir", str(wbc_dir), "--json"]) == 0
+    protocols = json.loads(capsys.readouterr().out)["protocols"]
+    assert set(protocols) == set(PROTOCOLS)
+    assert protocols["thesis-noleak"] == {"train": 394, "test": 30, "leaked_test_images": 0}

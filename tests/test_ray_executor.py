@@ -1,5 +1,6 @@
 """`bench run --executor ray`: the same run directory as the local executor (under
---deterministic), resume across executors, plugins and failures in workers, SIGTERM.
+--deterministic, both at their default thread counts), resume across executors, plugins and
+failures in workers, SIGTERM; the thread count a deterministic run resolves and applies.
 
 Ray is an optional extra: without it these tests are skipped, except in CI (``CI=true``),
 where they fail, so a missing Ray can never pass silently. Ray runs locally on this CPU.
@@ -8,6 +9,8 @@ where they fail, so a missing Ray can never pass silently. Ray runs locally on t
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import logging
 import os
 import shlex
@@ -21,17 +24,19 @@ import time
 import pytest
 import torch
 
+from bench import runner
 from bench.cli import main
-from bench.executors import RAY_INSTALL_HINT
+from bench.config import RunConfig
+from bench.executors import RAY_INSTALL_HINT, resolve_threads
+from bench.run_dir import FORMAT_VERSION
 
-from tiny_runs import run_argv, slow_plugin_source
+from tiny_runs import cell_settings, run_argv, slow_plugin_source
 
-# Two tiny architectures x two seeds, one fold; only the executor flags differ between runs.
+# Two tiny architectures x two seeds, one fold; only the executor flag differs between runs.
 ARGV = run_argv("unet_thesis", "segnet_basic", seeds=[0, 1], deterministic=True)
-# A Ray cell asks for 2 CPUs and so runs on 2 torch threads, as the local run does below:
-# the same reduction order, hence bit-identical numbers.
-THREADS = 2
-RAY_FLAGS = ["--executor", "ray", "--cpus-per-task", str(THREADS)]
+# Ray at its defaults: a cell reserves 1 CPU, and would train on 1 torch thread where the
+# local run uses the process's count, were the count not part of the configuration.
+RAY_FLAGS = ["--executor", "ray"]
 TIMING_COLUMNS = {
     "seconds",
     "train_seconds",
@@ -78,15 +83,27 @@ def no_ray_address(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
 
-@pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ray") / "local"
+@pytest.fixture(scope="module", autouse=True)
+def driver_threads():
+    """This process's torch threads, at least 2, so that they differ from the 1 CPU a Ray
+    cell reserves by default (with OMP_NUM_THREADS=1 the comparison would prove nothing).
+    Both runs start from this count; neither is told a count."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        assert main([*ARGV, "--out", str(out)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(max(2, threads))
+    yield torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+
+def recorded_threads(out):
+    return json.loads((out / "config.json").read_text())["config"]["threads"]
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, driver_threads):
+    out = tmp_path_factory.mktemp("ray") / "local"
+    assert main([*ARGV, "--out", str(out)]) == 0
+    assert torch.get_num_threads() == driver_threads  # the cells restored the count
+    assert recorded_threads(out) == driver_threads
     return out
 
 
@@ -112,7 +129,44 @@ def test_missing_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     assert not out.exists()  # checked before any data is loaded or written
 
 
-def test_ray_run_equals_local_run(local_run, tmp_path, capsys):
+def meta_with(config: dict) -> str:
+    """A run directory's config.json holding ``config`` (the rest left empty)."""
+    empty = {"dataset": {}, "protocol": {}, "environment": {}}
+    return json.dumps({"format_version": FORMAT_VERSION, "config": config, **empty})
+
+
+def test_threads_resolve_to_a_recorded_part_of_the_configuration(tmp_path, driver_threads):
+    config = RunConfig(architectures=("unet_thesis",), deterministic=True)
+    assert resolve_threads(config) == driver_threads  # the same for either executor
+    assert resolve_threads(dataclasses.replace(config, executor="ray")) == driver_threads
+    assert resolve_threads(dataclasses.replace(config, threads=3)) == 3  # --threads wins
+    plain = dataclasses.replace(config, deterministic=False)
+    assert resolve_threads(plain) is None  # placement decides
+    assert resolve_threads(dataclasses.replace(plain, threads=3)) == 3
+    # A resumption keeps the count its run recorded, whatever this process has.
+    (tmp_path / "config.json").write_text(meta_with({"threads": 7}))
+    assert resolve_threads(config, tmp_path) == 7
+    assert resolve_threads(dataclasses.replace(config, threads=3), tmp_path) == 3
+    # A run directory from before --threads: its cells used placement's count; still so.
+    (tmp_path / "config.json").write_text(meta_with({"deterministic": True}))
+    assert resolve_threads(config, tmp_path) is None
+
+
+def test_a_cell_trains_with_its_threads_and_restores_the_count(monkeypatch, driver_threads):
+    seen = []
+    monkeypatch.setattr(
+        runner, "_train", lambda *args, **kwargs: seen.append(torch.get_num_threads())
+    )
+    for threads in (1, None):
+        result = runner.train_cell(
+            "unet_thesis", 0, 0, None, cell_settings(threads=threads), torch.device("cpu")
+        )
+        assert result.status == "ok"
+        assert torch.get_num_threads() == driver_threads
+    assert seen == [1, driver_threads]
+
+
+def test_ray_run_equals_local_run(local_run, tmp_path, capsys, driver_threads):
     ray = import_ray()
     assert not ray.is_initialized()
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
@@ -122,6 +176,9 @@ def test_ray_run_equals_local_run(local_run, tmp_path, capsys):
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
     captured = capsys.readouterr()
     assert "ray: 4 cell(s) submitted to a local Ray instance" in captured.err
+    # The Ray cells reserved fewer CPUs than the local run's threads, and trained with those.
+    assert f"each cell trains with {driver_threads} torch threads" in captured.err
+    assert recorded_threads(out) == driver_threads
     assert "[4/4] " in captured.err
     assert captured.out.count("test acc") == 4  # the local executor's summary lines
     assert_same_results(local_run, out)

@@ -64,6 +64,17 @@ def test_seeds_are_averaged_per_image_before_pairing():
     scores = stats.image_scores(rows)
     assert scores["a"] == {("0", "000"): pytest.approx(0.9), ("0", "001"): pytest.approx(0.7)}
     level = stats.run_level(rows)["a"]
-    assert level["runs"] == 2 and level["images"] == 4
+    # Two runs (seeds), two images: the image level counts each image once, its score
+    # averaged over the seeds; more seeds must not look like more images.
+    assert level["runs"] == 2 and level["seeds"] == 2 and level["images"] == 2
     assert level["run_mean"] == pytest.approx(0.8)
     assert level["run_sem"] == pytest.approx(np.std([0.7, 0.9], ddof=1) / np.sqrt(2))
+    assert level["image_mean"] == pytest.approx(0.8)
+    assert level["image_sem"] == pytest.approx(np.std([0.9, 0.7], ddof=1) / np.sqrt(2))
+
+
+def test_primary_classes_are_every_class_but_background():
+    assert stats.primary_classes(("background", "cytoplasm", "nucleus")) == stats.PRIMARY_CLASSES
+    assert stats.primary_classes(("background", "nucleus")) == ("nucleus",)
+    rows = rows_for("a", [0.5, 0.7], classes=("nucleus",))
+    assert stats.image_scores(rows, classes=("nucleus",))["a"][("0", "001")] == 0.7

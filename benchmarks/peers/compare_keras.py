@@ -20,7 +20,6 @@ reports are recorded in the JSON.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -230,12 +229,15 @@ def run_bench(
     if done.returncode != 0:
         sys.stderr.write(done.stdout + done.stderr)
         raise SystemExit(f"bench run failed (width {width}, exit {done.returncode})")
-    config = json.loads((out / "config.json").read_text())
-    with open(out / "history.csv", newline="") as f:
-        train_rows = [row for row in csv.DictReader(f) if row["split"] == "train"]
-    train_rows.sort(key=lambda row: int(row["epoch"]))
-    with open(out / "cells.csv", newline="") as f:
-        cell = next(csv.DictReader(f))
+    from bench.run_dir import RunDir
+
+    run = RunDir(out)
+    config = run.read_meta()
+    tables = run.tables(config)
+    train_rows = sorted(
+        (row for row in tables.history if row["split"] == "train"), key=lambda row: row["epoch"]
+    )
+    cell = tables.cells[0]
     return {
         "command": shlex.join(command),
         "images_per_epoch": int(config["protocol"]["train_images"]),

@@ -35,9 +35,12 @@ SIZE = 120  # the annex's Input(shape=(img_height, img_width, 3)) with the thesi
 EXPECTED_PARAMS = 26_230_851
 
 
+MIN_CHANNELS = 16  # architectures.MIN_CHANNELS
+
+
 def scaled(channels: int, width: float) -> int:
-    """Filters at ``width``; the same rounding as ``architectures._scaled``."""
-    return max(1, round(channels * width))
+    """Filters at ``width``; the same rounding and floor as ``architectures._scaled``."""
+    return max(min(channels, MIN_CHANNELS), round(channels * width))
 
 
 def conv_block(
