@@ -14,7 +14,7 @@ from bench.errors import BenchError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench import cmd_data, cmd_list, cmd_perf, cmd_run
+    from bench import cmd_compare, cmd_data, cmd_list, cmd_perf, cmd_run
 
     parser = argparse.ArgumentParser(
         prog="bench",
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bench {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (cmd_data, cmd_list, cmd_run, cmd_perf):
+    for module in (cmd_data, cmd_list, cmd_run, cmd_compare, cmd_perf):
         module.register(subparsers)
     return parser
 

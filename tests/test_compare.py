@@ -1,0 +1,161 @@
+"""bench compare: what changed between two runs on the same test images, with a CI over
+seeds; first of all what the thesis's leak changed (thesis vs thesis-noleak)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from bench.cli import main
+from bench.compare import compare_tables, t_interval
+from bench.run_dir import RunTables
+
+from tiny_runs import run_argv
+
+PLUGIN = """
+import torch
+from architectures import register_architecture
+
+
+@register_architecture("tiny_fcn")
+def tiny_fcn(num_classes=3, in_channels=3, width=1.0):
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(in_channels, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, num_classes, 1),
+    )
+"""
+
+
+def rows(name, seed, values, classes=("cytoplasm", "nucleus")):
+    return [
+        {
+            "architecture": name,
+            "seed": seed,
+            "fold": None,
+            "image_id": f"{i}",
+            "class": c,
+            "dice": v,
+        }
+        for i, v in enumerate(values)
+        for c in classes
+    ]
+
+
+def test_the_change_over_seeds_is_a_t_interval_of_per_seed_differences():
+    first = RunTables([], [], rows("a", 0, [0.5, 0.7]) + rows("a", 1, [0.6, 0.8]))
+    second = RunTables(
+        [], [], rows("a", 0, [0.6, 0.8]) + rows("a", 1, [0.8, 0.9]) + rows("b", 0, [1, 1])
+    )
+    (row,) = compare_tables(first, second, ("cytoplasm", "nucleus"))
+    differences = [0.7 - 0.6, 0.85 - 0.7]  # per seed: mean over the two images
+    assert row["seeds"] == 2 and row["images"] == 2
+    assert row["seed_mean_difference"] == pytest.approx(np.mean(differences))
+    half = scipy_stats.t.ppf(0.975, 1) * np.std(differences, ddof=1) / np.sqrt(2)
+    assert row["seed_ci_low"] == pytest.approx(np.mean(differences) - half)
+    assert row["seed_ci_high"] == pytest.approx(np.mean(differences) + half)
+    assert t_interval([0.1]) is None
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def leak_runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("leak")
+    plugin = folder / "tiny_fcn.py"
+    plugin.write_text(PLUGIN)
+    runs = {}
+    for protocol in ("thesis", "thesis-noleak"):
+        out = folder / protocol
+        argv = run_argv(
+            "tiny_fcn",
+            plugin=plugin,
+            protocol=protocol,
+            synthetic_count=20,
+            synthetic_size=120,
+            num_folds=None,
+            seeds=[0, 1],
+            epochs=2,
+            batch_size=8,
+            out=out,
+        )
+        assert main(argv) == 0
+        runs[protocol] = out
+    return runs
+
+
+def test_bench_compare_states_what_the_leak_changed(leak_runs, tmp_path, capsys):
+    out = tmp_path / "leak"
+    assert (
+        main(
+            [
+                "compare",
+                str(leak_runs["thesis"]),
+                str(leak_runs["thesis-noleak"]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    markdown = (out / "comparison.md").read_text()
+    assert "protocol: 'thesis' → 'thesis-noleak'" in markdown
+    assert "protocol leaked_test_images:" in markdown and "→ 0" in markdown
+    with (out / "comparison.csv").open(newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["architecture"] == "tiny_fcn" and row["seeds"] == "2"
+    # Recomputed from the two runs' per-image rows: the same test images, per seed.
+    means = {}
+    for protocol, run in leak_runs.items():
+        with (run / "per_image.csv").open(newline="") as handle:
+            per_image = list(csv.DictReader(handle))
+        for seed in ("0", "1"):
+            by_image = {}
+            for r in per_image:
+                if r["seed"] == seed and r["class"] in ("cytoplasm", "nucleus"):
+                    by_image.setdefault(r["image_id"], []).append(float(r["dice"]))
+            means[protocol, seed] = np.mean([np.mean(v) for v in by_image.values()])
+    differences = [means["thesis-noleak", s] - means["thesis", s] for s in ("0", "1")]
+    assert float(row["seed_mean_difference"]) == pytest.approx(np.mean(differences))
+    assert int(row["images"]) == len(by_image)
+    assert "`tiny_fcn`:" in markdown and ("CI over seeds" in markdown)
+
+
+def test_compare_refuses_an_out_holding_other_files(leak_runs, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    before = checksums(out)
+    assert (
+        main(
+            [
+                "compare",
+                str(leak_runs["thesis"]),
+                str(leak_runs["thesis-noleak"]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
+    assert "holds other files (notes.txt)" in capsys.readouterr().err
+    assert checksums(out) == before
+
+
+def test_compare_needs_shared_test_images(leak_runs, tmp_path, capsys):
+    other = tmp_path / "clean"
+    plugin = leak_runs["thesis"].parent / "tiny_fcn.py"
+    assert main(run_argv("tiny_fcn", plugin=plugin, epochs=1, out=other)) == 0
+    assert main(["compare", str(leak_runs["thesis"]), str(other)]) == 2
+    assert "no architecture scored on the same test images" in capsys.readouterr().err
