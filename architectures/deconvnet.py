@@ -29,11 +29,11 @@ Departures:
   logits cropped back; ``in_channels`` is free.
 
 ``width`` scales every conv / transposed-conv filter count, the 4096-channel fully connected
-layer included (c -> round(c * width)), with the registry's channel floor: no stage below
-``architectures.MIN_CHANNELS`` = 16 channels (``architectures._scaled``). The thesis trained
-width 1.0 only, so the floor departs from it nowhere; it only stops the scaling from being
-uniform below width 0.25 (at 0.0625 the first blocks are 16 instead of 4 and 8). The output
-conv keeps ``num_classes``.
+layer included (c -> round(c * width)), with the built-ins' channel floor: no stage below
+``architectures.MIN_CHANNELS`` = 16 channels (``architectures.layers.scaled``). The thesis
+trained width 1.0 only, so the floor departs from it nowhere; it only stops the scaling from
+being uniform below width 0.25 (at 0.0625 the first blocks are 16 instead of 4 and 8). The
+output conv keeps ``num_classes``.
 """
 
 from __future__ import annotations
@@ -41,15 +41,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from architectures import (
+from architectures.layers import (
     _crop_or_pad_to,
     _keras_batch_norm,
     _keras_init,
     _pad_to_multiple,
-    _scaled,
     _ThesisHead,
-    register_architecture,
+    scaled,
 )
+from architectures.registry import register_architecture
 
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 DECONV_BLOCKS = ((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64, 64))
@@ -78,14 +78,14 @@ class DeconvNet(nn.Module):
         for block in VGG16_BLOCKS:
             layers = []
             for channels in block:
-                layers.append(_conv_bn_relu(previous, _scaled(channels, width)))
-                previous = _scaled(channels, width)
+                layers.append(_conv_bn_relu(previous, scaled(channels, width)))
+                previous = scaled(channels, width)
             self.encoder.append(nn.Sequential(*layers))
         self.pools = nn.ModuleList(
             nn.MaxPool2d(p, stride=p, return_indices=True) if p > 1 else nn.Identity()
             for p in POOLS
         )
-        fc = _scaled(FC_CHANNELS, width)
+        fc = scaled(FC_CHANNELS, width)
         self.fc = nn.Sequential(
             nn.Conv2d(previous, fc, 1), _keras_batch_norm(fc), nn.ReLU(inplace=True)
         )
@@ -99,8 +99,8 @@ class DeconvNet(nn.Module):
         for block in DECONV_BLOCKS:
             layers = []
             for channels in block:
-                layers.append(_conv_bn_relu(previous, _scaled(channels, width), transposed=True))
-                previous = _scaled(channels, width)
+                layers.append(_conv_bn_relu(previous, scaled(channels, width), transposed=True))
+                previous = scaled(channels, width)
             self.decoder.append(nn.Sequential(*layers))
         self.head = _ThesisHead(previous, num_classes)
         _keras_init(self)

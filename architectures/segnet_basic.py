@@ -29,9 +29,9 @@ Departures (from the thesis and from Badrinarayanan et al.'s SegNet-Basic):
   logits cropped back; ``in_channels`` and ``num_classes`` are free.
 
 ``width`` scales every convolution's filter count (64 ... 512 -> round(c * width)) with the
-registry's channel floor: no stage below ``architectures.MIN_CHANNELS`` = 16 channels
-(``architectures._scaled``). The thesis trained width 1.0 only, so the floor departs from it
-nowhere; it only stops the scaling from being uniform below width 0.25 (at 0.0625 the
+built-ins' channel floor: no stage below ``architectures.MIN_CHANNELS`` = 16 channels
+(``architectures.layers.scaled``). The thesis trained width 1.0 only, so the floor departs
+from it nowhere; it only stops the scaling from being uniform below width 0.25 (at 0.0625 the
 encoder is 16, 16, 16, 32 instead of 4, 8, 16, 32). The 1x1 output conv keeps
 ``num_classes`` filters.
 """
@@ -41,15 +41,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from architectures import (
+from architectures.layers import (
     _crop_or_pad_to,
     _keras_batch_norm,
     _keras_init,
     _pad_to_multiple,
-    _scaled,
     _ThesisHead,
-    register_architecture,
+    scaled,
 )
+from architectures.registry import register_architecture
 
 ENCODER_FILTERS = (64, 128, 256, 512)
 DECODER_FILTERS = (256, 128, 64, 64)
@@ -74,8 +74,8 @@ class SegNetBasic(nn.Module):
 
     def __init__(self, num_classes: int = 3, in_channels: int = 3, width: float = 1.0) -> None:
         super().__init__()
-        encoder_filters = [_scaled(c, width) for c in ENCODER_FILTERS]
-        decoder_filters = [_scaled(c, width) for c in DECODER_FILTERS]
+        encoder_filters = [scaled(c, width) for c in ENCODER_FILTERS]
+        decoder_filters = [scaled(c, width) for c in DECODER_FILTERS]
         self.encoder = nn.ModuleList()
         previous = in_channels
         for channels in encoder_filters:

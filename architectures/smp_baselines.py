@@ -9,9 +9,9 @@ Options: ``encoder`` (default ``"resnet34"``, any smp encoder name or ``"tu-<tim
 :class:`ArchitectureError` suggesting ``encoder_weights=None``); any other keyword is passed to
 the smp class unchanged (e.g. ``encoder_depth``, ``decoder_attention_type``).
 
-``width`` scales the decoder's channel counts (round(c * width)) with the registry's channel
-floor, ``architectures.MIN_CHANNELS`` = 16 (``architectures._scaled``, the same as the thesis
-models'): at width 0.25 U-Net's decoder is 64, 32, 16, 16, 16, not 64, 32, 16, 8, 4. It never
+``width`` scales the decoder's channel counts (round(c * width)) with the built-ins' channel
+floor, ``architectures.MIN_CHANNELS`` = 16 (``architectures.layers.scaled``, the same as the
+thesis models'): at width 0.25 U-Net's decoder is 64, 32, 16, 16, 16, not 64, 32, 16, 8, 4. It never
 scales the encoder (smp has no width for it), and only where smp exposes the decoder's
 widths; an explicit smp keyword wins over ``width``. Each architecture's
 ``ArchitectureSpec.width_note`` says so in a few words (shown by ``bench list``):
@@ -54,7 +54,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from architectures import _crop_or_pad_to, _pad_to_multiple, _scaled, register_architecture
+from architectures.layers import _crop_or_pad_to, _pad_to_multiple, scaled
+from architectures.registry import register_architecture
 from bench.config import encoder_problem
 from bench.errors import ArchitectureError
 
@@ -62,12 +63,12 @@ _UNET_CHANNELS = (256, 128, 64, 32, 16)
 
 
 def _decoder_channels(width: float) -> dict[str, Any]:
-    return {"decoder_channels": tuple(_scaled(c, width) for c in _UNET_CHANNELS)}
+    return {"decoder_channels": tuple(scaled(c, width) for c in _UNET_CHANNELS)}
 
 
 def _fpn_channels(width: float) -> dict[str, Any]:
     return {
-        "decoder_pyramid_channels": _scaled(256, width),
+        "decoder_pyramid_channels": scaled(256, width),
         "decoder_segmentation_channels": max(32, round(128 * width / 32) * 32),
     }
 
@@ -82,33 +83,33 @@ ARCHITECTURES: dict[str, tuple[str, Any]] = {
     "UnetPlusPlus": ("nested dense skip pathways (Zhou et al. 2018)", _decoder_channels),
     "MAnet": (
         "multi-scale attention U-Net (Fan et al. 2020)",
-        lambda w: {**_decoder_channels(w), "decoder_pab_channels": _scaled(64, w)},
+        lambda w: {**_decoder_channels(w), "decoder_pab_channels": scaled(64, w)},
     ),
     "Linknet": ("light decoder, skips added (Chaurasia & Culurciello 2017)", lambda w: {}),
     "FPN": ("feature pyramid network decoder (Kirillov et al. 2019)", _fpn_channels),
     "PSPNet": (
         "pyramid pooling on a 3-stage encoder (Zhao et al. 2017)",
-        lambda w: {"psp_out_channels": _scaled(512, w)},
+        lambda w: {"psp_out_channels": scaled(512, w)},
     ),
     "PAN": (
         "pyramid attention network (Li et al. 2018)",
-        lambda w: {"decoder_channels": _scaled(32, w)},
+        lambda w: {"decoder_channels": scaled(32, w)},
     ),
     "DeepLabV3": (
         "atrous spatial pyramid pooling, output stride 8 (Chen et al. 2017)",
-        lambda w: {"decoder_channels": _scaled(256, w)},
+        lambda w: {"decoder_channels": scaled(256, w)},
     ),
     "DeepLabV3Plus": (
         "ASPP + low-level skip decoder, output stride 16 (Chen et al. 2018)",
-        lambda w: {"decoder_channels": _scaled(256, w)},
+        lambda w: {"decoder_channels": scaled(256, w)},
     ),
     "UPerNet": (
         "unified perceptual parsing decoder (Xiao et al. 2018)",
-        lambda w: {"decoder_channels": _scaled(256, w)},
+        lambda w: {"decoder_channels": scaled(256, w)},
     ),
     "Segformer": (
         "SegFormer all-MLP decoder (Xie et al. 2021)",
-        lambda w: {"decoder_segmentation_channels": _scaled(256, w)},
+        lambda w: {"decoder_segmentation_channels": scaled(256, w)},
     ),
 }
 WIDTH_NOTES: dict[str, str] = {arch: DECODER_ONLY for arch in ARCHITECTURES} | {

@@ -36,10 +36,10 @@ Departures:
 * PyTorch layout is channels-first, so the concatenation is along dim 1 (Keras axis 3).
 
 ``width`` scales every conv / transposed-conv filter count (64 ... 1024 -> round(c * width))
-with the registry's channel floor: no stage below ``architectures.MIN_CHANNELS`` = 16 channels
-(``architectures._scaled``). The thesis trained width 1.0 only, so the floor departs from it
-nowhere; it only stops the scaling from being uniform below width 0.25 (at 0.0625 the stages
-are 16, 16, 16, 32, 64 instead of 4, 8, 16, 32, 64). The 1x1 output conv keeps
+with the built-ins' channel floor: no stage below ``architectures.MIN_CHANNELS`` = 16 channels
+(``architectures.layers.scaled``). The thesis trained width 1.0 only, so the floor departs
+from it nowhere; it only stops the scaling from being uniform below width 0.25 (at 0.0625 the
+stages are 16, 16, 16, 32, 64 instead of 4, 8, 16, 32, 64). The 1x1 output conv keeps
 ``num_classes`` filters.
 """
 
@@ -48,16 +48,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from architectures import (
+from architectures.layers import (
     _crop_or_pad_to,
     _keras_batch_norm,
     _keras_init,
     _pad_to_multiple,
-    _scaled,
     _ThesisHead,
     memory_format_of,
-    register_architecture,
+    scaled,
 )
+from architectures.registry import register_architecture
 
 FILTERS = (64, 128, 256, 512, 1024)
 POOLS = (2, 2, 2, 3)
@@ -204,7 +204,7 @@ class UNetThesis(nn.Module):
 
     def __init__(self, num_classes: int = 3, in_channels: int = 3, width: float = 1.0) -> None:
         super().__init__()
-        filters = [_scaled(c, width) for c in FILTERS]
+        filters = [scaled(c, width) for c in FILTERS]
         encoder, previous = [], in_channels
         for channels in filters:
             encoder.append(ConvBlock(previous, channels, 3))

@@ -34,9 +34,7 @@ def _none_if_nan(value: float) -> float | None:
     return None if np.isnan(value) else value
 
 
-def seed_averaged(
-    rows: Sequence[Mapping[str, Any]], metric: str
-) -> dict[tuple[str, str], float]:
+def seed_averaged(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[tuple[str, str], float]:
     """``{(fold, image_id): value}``: one image's ``metric`` averaged over its seeds."""
     by_image: dict[tuple[str, str], list[float]] = {}
     for row in rows:

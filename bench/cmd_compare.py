@@ -1,4 +1,5 @@
-"""``bench compare FIRST SECOND``: what changed from one run to another (see bench.compare)."""
+"""``bench compare FIRST SECOND``: what changed from one run to another (bench.compare);
+``bench combine RUN... --out DIR``: several runs as one comparison (bench.combine)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument("--out", metavar="DIR", help="write comparison.md and comparison.csv here")
     compare.set_defaults(func=compare_command)
 
+    combine = subparsers.add_parser(
+        "combine",
+        help="several comparable runs as one comparison (add a model without retraining)",
+        description=(
+            "Combine run directories of different architectures, trained with the same "
+            "data, protocol, split, seeds, folds and settings, into one new run directory "
+            "with its report; each cell keeps the provenance of the run that trained it. "
+            "Runs that differ are refused with the differing keys. Example: bench run "
+            "my_model --plugin my_model.py <the baseline's other flags> --out runs/mine; "
+            "bench combine runs/baseline runs/mine --out runs/with_mine."
+        ),
+    )
+    combine.add_argument("runs", nargs="+", metavar="RUN", help="run directories (2 or more)")
+    combine.add_argument("--out", required=True, metavar="DIR", help="the new run directory")
+    combine.set_defaults(func=combine_command)
+
 
 def compare_command(args: argparse.Namespace) -> int:
     from bench.compare import compare_runs, write_comparison
@@ -30,4 +47,14 @@ def compare_command(args: argparse.Namespace) -> int:
         print(write_comparison(args.out, markdown, rows))
     else:
         print(markdown, end="")
+    return 0
+
+
+def combine_command(args: argparse.Namespace) -> int:
+    import sys
+
+    from bench.combine import combine_runs
+
+    argv = args.argv if args.argv is not None else sys.argv[1:]
+    print(combine_runs(args.runs, args.out, argv))
     return 0

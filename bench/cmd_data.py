@@ -94,7 +94,8 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from bench.data import dataset_info, load_dataset, parse_class_names, parse_palette
+    from bench.data import load_dataset, parse_class_names, parse_palette
+    from bench.protocols import dataset_info
 
     synthetic_options = {"--count": args.count, "--size": args.size, "--seed": args.seed}
     if args.name != "synthetic":
@@ -122,7 +123,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def format_info(info: dict[str, Any]) -> str:
-    """A readable table of :func:`bench.data.dataset_info`."""
+    """A readable table of :func:`bench.protocols.dataset_info`."""
     lines = [f"dataset   {info['name']}", f"images    {info['count']}", "sizes"]
     for size, count in info["sizes"].items():
         lines.append(f"  {size:>9}  {count:>6}")

@@ -27,9 +27,10 @@ import argparse
 import dataclasses
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 SIZE = (120, 120)
 
@@ -82,20 +83,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def architecture_options(name: str, encoder: str) -> dict[str, Any]:
-    """The options ``bench run`` builds ``name`` with: the encoder, for the smp baselines."""
-    from architectures import get_spec
-
-    return {"encoder": encoder} if get_spec(name).source == "smp" else {}
-
-
 def describe(name: str, width: float = 1.0, encoder: str = "resnet34") -> dict[str, Any]:
     """One row: build at ``width`` (and ``encoder`` for smp), count parameters and flops.
 
     Built on the meta device first (see the module docstring), on the CPU if that fails; an
     error of the CPU build becomes the row's ``error`` field.
     """
-    from architectures import get_spec
+    import torch
+
+    from architectures import architecture_options, get_spec
 
     spec = get_spec(name)
     options = architecture_options(name, encoder)
@@ -137,19 +133,25 @@ def _measure(
     finally:
         hook.remove()
     # The flop-counting forward already gave the output: check its shape without rerunning.
-    check_output_shape(name, _Replay(outputs[-1]) if outputs else model, size=SIZE)
+    check_output_shape(name, _replay(outputs[-1]) if outputs else model, size=SIZE)
     return params, gflops
 
 
-class _Replay(torch.nn.Module):
-    """Returns a recorded output, so that ``check_output_shape`` inspects it without a forward."""
+def _replay(output: Any) -> torch.nn.Module:
+    """A module returning a recorded output, so that ``check_output_shape`` inspects it
+    without a forward. Defined on first use: torch is not imported until a model is built,
+    so that ``bench --help`` and every other command's parser stay fast."""
+    import torch
 
-    def __init__(self, output: Any) -> None:
-        super().__init__()
-        self.output = output
+    class _Replay(torch.nn.Module):
+        def __init__(self, output: Any) -> None:
+            super().__init__()
+            self.output = output
 
-    def forward(self, _x: torch.Tensor) -> Any:
-        return self.output
+        def forward(self, _x: torch.Tensor) -> Any:
+            return self.output
+
+    return _Replay(output)
 
 
 def _caption(width: float, encoder: str | None) -> str:
@@ -182,6 +184,7 @@ def _format_table(rows: list[dict[str, Any]]) -> str:
 
 def _check_arguments(args: argparse.Namespace, names: list[str]) -> None:
     """Bad input is refused before anything is built (exit status 2, naming the option)."""
+    from architectures import architecture_options
     from bench.config import WIDTH_MAX
     from bench.errors import ConfigError
 

@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 
-from bench.config import AMP_MODES, DEVICES, SWITCHES
-from bench.host_memory import HOST_MEMORY_MODES
+from bench.config import PerfConfig, add_arguments, build_perf_config, values_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,45 +30,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "split has the 418 training images of wbc1."
         ),
     )
-    parser.add_argument("architecture", nargs="?", metavar="ARCH", help="default unet_thesis")
-    parser.add_argument("--width", type=float, help="channel width multiplier (default 0.25)")
-    parser.add_argument("--batch-size", type=int, help="default 20")
-    parser.add_argument("--epochs", type=int, help="epochs per measurement (default 2)")
-    parser.add_argument("--repeats", type=int, help="measurements per loop; medians (default 3)")
-    parser.add_argument("--dataset", choices=("synthetic", "wbc1"), help="default synthetic")
-    parser.add_argument("--data-dir", help="where wbc1 lives")
-    parser.add_argument("--synthetic-count", type=int, help="synthetic images (default 224)")
-    parser.add_argument("--device", choices=DEVICES, help="default auto")
-    parser.add_argument("--amp", choices=AMP_MODES, help="as bench run (default auto)")
-    parser.add_argument("--channels-last", choices=SWITCHES, help="as bench run (default auto)")
-    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile")
-    parser.add_argument(
-        "--host-memory",
-        choices=HOST_MEMORY_MODES,
-        help="as bench run, for the harness and bare loops (default retain); the DataLoader "
-        "peer runs in its own process with the allocator's defaults",
-    )
-    parser.add_argument(
-        "--no-augmented",
-        dest="augmented",
-        action="store_false",
-        default=None,
-        help="skip the augmented comparison (clean protocol vs DataLoader+albumentations)",
-    )
-    parser.add_argument("--seed", type=int, help="default 0")
+    # One option per PerfConfig field, declared once there (bench.config.option); None: not
+    # given, the field's default applies.
+    add_arguments(parser, PerfConfig)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=perf_command)
 
 
 def perf_command(args: argparse.Namespace) -> int:
-    from bench.perf import PerfConfig, render_text, run_perf
+    """Measure, print the result (text or JSON); the exit status."""
+    from bench.perf import render_text, run_perf
 
-    values = {
-        f.name: getattr(args, f.name)
-        for f in fields(PerfConfig)
-        if getattr(args, f.name, None) is not None
-    }
-    config = PerfConfig(**values)
+    config = build_perf_config(values_from_args(args, PerfConfig))
     result = run_perf(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(result, indent=2) if args.json else render_text(result))
     return 0

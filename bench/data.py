@@ -1,4 +1,4 @@
-"""Datasets for the harness: in-memory samples, the registry of dataset names, cards, info.
+"""Datasets for the harness: in-memory samples, the registry of dataset names, cards.
 
 Dataset specs accepted by :func:`load_dataset`:
 
@@ -34,6 +34,10 @@ repairs anti-aliased or re-compressed edges. Masks in another encoding are refus
 (:func:`check_mask_values`): values that look like class indices (all in ``0..K-1``, some
 off the palette, e.g. 0/1/2 under the WBC palette) or more than
 :data:`OFF_PALETTE_LIMIT` of the dataset's mask pixels off the palette.
+
+What ``bench data info`` prints (counts, sizes, class fractions and the protocols' split
+sizes) is :func:`bench.protocols.dataset_info`: protocols build on datasets, so this module
+never imports :mod:`bench.protocols` (``tests/test_layering.py``).
 """
 
 from __future__ import annotations
@@ -42,7 +46,6 @@ import importlib.resources
 import os
 import re
 import warnings
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -488,36 +491,3 @@ def load_dataset(
         folder = Path(raw).expanduser().resolve()
         return _load_pairs(f"folder:{folder}", folder, palette or WBC_PALETTE_MAP, class_names)
     raise ConfigError(f"unknown dataset {spec!r}; known: {', '.join(available_datasets())}")
-
-
-def dataset_info(dataset: SegmentationDataset) -> dict[str, Any]:
-    """Counts, sizes, class pixel fractions and protocol split sizes: what to check before a run."""
-    sizes = Counter(f"{s.image.shape[1]}x{s.image.shape[0]}" for s in dataset.samples)
-    n_classes = len(dataset.class_names)
-    pixels = np.zeros(n_classes, dtype=np.int64)
-    for sample in dataset.samples:
-        pixels += np.bincount(sample.mask.ravel(), minlength=n_classes)[:n_classes]
-    total = int(pixels.sum())
-    fractions = {
-        name: (float(pixels[i]) / total if total else 0.0)
-        for i, name in enumerate(dataset.class_names)
-    }
-    return {
-        "name": dataset.name,
-        "count": len(dataset),
-        "sizes": dict(sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "class_fractions": fractions,
-        "protocols": _protocol_split_sizes(dataset),
-        "warnings": list(dataset.warnings),
-    }
-
-
-def _protocol_split_sizes(dataset: SegmentationDataset) -> dict[str, Any]:
-    """``bench.protocols.split_sizes``; empty while that module is not installed."""
-    try:
-        from bench import protocols
-    except ModuleNotFoundError as error:
-        if error.name != "bench.protocols":
-            raise
-        return {}
-    return protocols.split_sizes(dataset)

@@ -45,7 +45,14 @@ from bench.config import RunConfig
 from bench.errors import BenchError, ConfigError
 from bench.protocols import ProtocolSplit
 from bench.run_dir import RunDir
-from bench.runner import CellInterrupted, CellResult, CellSettings, select_device, train_cell
+from bench.runner import (
+    CellInterrupted,
+    CellResult,
+    CellSettings,
+    HeapTrimmer,
+    select_device,
+    train_cell,
+)
 
 RAY_INSTALL_HINT = 'pip install -c constraints.txt -e ".[ray]"'
 POLL_SECONDS = 0.25  # how often the Ray driver looks at the stop flag while tasks run
@@ -85,7 +92,12 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """The cells one after another in this process, on ``device``."""
+    """The cells one after another in this process, on ``device``.
+
+    ``train`` trains one cell (:func:`~bench.runner.train_cell`'s signature). The executor
+    owns the :class:`~bench.runner.HeapTrimmer` of its sequence of cells: the free heap
+    goes back between cells of different configurations only.
+    """
 
     def __init__(
         self,
@@ -96,6 +108,7 @@ class LocalExecutor:
         self.device = device
         self.stop = stop
         self.train = train
+        self.heap = HeapTrimmer()
 
     def run(
         self,
@@ -116,6 +129,7 @@ class LocalExecutor:
                 class_metrics=class_metrics,
                 checkpoint=job.checkpoint,
                 stop=self.stop,
+                heap=self.heap,
             )
 
     def environment(self) -> dict[str, Any]:
@@ -241,6 +255,11 @@ def task_device_name(device: str, gpus_per_task: float) -> str:
     return device
 
 
+# A Ray worker process runs task after task: its heap, and so when to release it, is the
+# process's (see bench.runner.HeapTrimmer), whichever task it runs.
+_WORKER_HEAP = HeapTrimmer()
+
+
 def _ray_cell(
     job: CellJob,
     split: ProtocolSplit,
@@ -281,6 +300,7 @@ def _ray_cell(
         class_metrics=class_metrics,
         checkpoint=job.checkpoint if sees_run_dir else None,
         stop=None,  # a threading.Event cannot cross processes; the driver cancels instead
+        heap=_WORKER_HEAP,
     )
     worker = {
         "hostname": hostname,

@@ -22,6 +22,11 @@ reports numbers computed on their content. So
   entries (fetch's own) are removed and nothing else is touched;
 * error messages name the URL and the archive member, never a temporary file;
 * files the manifest does not list (Dataset 2 of the real archive) are kept but not used.
+
+Not ``pooch``, for these checks: ``pooch.retrieve`` verifies one hash of the archive, not
+each extracted file against a manifest; its ``Unzip``/``Untar`` extract with no size or member
+limit, ``Untar`` without the tar ``data`` filter before Python 3.12 (fatiando/pooch#543; we
+support 3.10), and both extract beside the archive, not aside and renamed once verified.
 """
 
 from __future__ import annotations

@@ -33,9 +33,7 @@ def window(epochs: int) -> int:
     return max(MIN_WINDOW, round(epochs / 5))
 
 
-def unlearned_classes(
-    per_image: Sequence[Mapping[str, Any]], classes: Sequence[str]
-) -> list[str]:
+def unlearned_classes(per_image: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> list[str]:
     """The ``classes`` present in the truth that one cell (its rows) almost never predicts."""
     missing = []
     for cls in classes:

@@ -22,6 +22,10 @@ with the truth about that class. (scikit-learn's ``zero_division=1.0`` gives the
 The value is a parameter, ``empty``, for users who prefer NaN (to drop such cases).
 
 Aggregation is mean ± SEM over images, SEM = sample standard deviation (ddof=1) / sqrt(n).
+:func:`mean_sem` is hand-written, not ``scipy.stats.sem(ddof=1, nan_policy="omit")``: the same
+value (``tests/test_metrics.py``), but scipy warns (SmallSampleWarning) on the one-value and
+empty inputs that give NaN here by design, and is 14x slower (30 values: 525 against 37 µs,
+one-off ``timeit`` on the shared 2-core CPU).
 """
 
 from __future__ import annotations

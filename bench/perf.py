@@ -26,12 +26,13 @@ loops so that a slow spell of the machine hits both; medians are reported.
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -39,10 +40,9 @@ import torch
 
 import architectures
 from bench import environment, host_memory
-from bench.config import AMP_MODES, DEVICES, SWITCHES, check_choice, check_positive
+from bench.config import PerfConfig, validate_perf
 from bench.data import load_dataset
 from bench.errors import BenchError, ConfigError
-from bench.host_memory import HOST_MEMORY_MODES
 from bench.protocols import ProtocolSplit, get_protocol
 from bench.runner import (
     PYTORCH_DEFAULTS,
@@ -58,36 +58,6 @@ from bench.runner import (
     to_tensor_images,
     train_cell,
 )
-
-
-@dataclass(frozen=True)
-class PerfConfig:
-    """One ``bench perf`` measurement; fields map one-to-one to its flags."""
-
-    architecture: str = "unet_thesis"
-    width: float = 0.25
-    batch_size: int = 20
-    epochs: int = 2
-    repeats: int = 3
-    dataset: str = "synthetic"  # synthetic (224 images: the thesis split is 418/30) | wbc1
-    data_dir: str | None = None
-    synthetic_count: int = 224
-    device: str = "auto"
-    amp: str = "auto"
-    channels_last: str = "auto"
-    compile: bool = False
-    host_memory: str = "retain"  # the harness's and bare loop's process; the peer keeps defaults
-    augmented: bool = True  # also measure the clean protocol against DataLoader+albumentations
-    seed: int = 0
-
-    def validate(self) -> None:
-        for name in ("width", "batch_size", "epochs", "repeats", "synthetic_count"):
-            check_positive(name, getattr(self, name))
-        check_choice("device", self.device, DEVICES)
-        check_choice("amp", self.amp, AMP_MODES)
-        check_choice("channels_last", self.channels_last, SWITCHES)
-        check_choice("host_memory", self.host_memory, HOST_MEMORY_MODES)
-        architectures.get_spec(self.architecture)  # unknown names list the known ones
 
 
 def _build_model(
@@ -107,11 +77,12 @@ def _train_steps(
     loss_name: str,
     batches: Callable[[int], Any],
     n_images: int,
+    lr: float,
 ) -> float:
     """Train a fresh model on ``batches(epoch)`` for every epoch; training images/s."""
     seed_everything(config.seed, deterministic=False)
     model, forward = _build_model(config, device, speed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     synchronize(device)
     started = time.perf_counter()
     for epoch in range(config.epochs):
@@ -143,7 +114,23 @@ def measure_bare(
             index = order[start : start + config.batch_size]
             yield images[index], labels[index]
 
-    return _train_steps(config, device, speed, loss, batches, n_train)
+    lr = get_protocol(split.protocol).defaults.lr  # the harness's rate
+    return _train_steps(config, device, speed, loss, batches, n_train, lr)
+
+
+def dataloader_peer_missing() -> str | None:
+    """Why the DataLoader + albumentations peer cannot run here, or None when it can.
+
+    albumentations is the ``perf`` extra's, not a dependency of bench (which augments on the
+    device, :mod:`bench.augment`): without it the augmented comparison is skipped, not failed.
+    """
+    if importlib.util.find_spec("albumentations") is None:
+        return (
+            "albumentations is not installed, so the DataLoader + albumentations peer cannot "
+            "run: install the perf extra (pip install -c constraints.txt -e '.[perf]'), or "
+            "pass --no-augmented"
+        )
+    return None
 
 
 def albumentations_pipeline(seed: int):
@@ -193,28 +180,17 @@ def measure_dataloader(
         for x, y in loader:
             yield x.to(device), y.to(device)
 
-    return _train_steps(config, device, speed, loss, batches, len(dataset))
+    lr = get_protocol(split.protocol).defaults.lr  # the harness's rate
+    return _train_steps(config, device, speed, loss, batches, len(dataset), lr)
 
 
 def measure_harness(
     config: PerfConfig, split: ProtocolSplit, device: torch.device, loss: str
 ) -> float:
     """``bench run``'s loop (train_cell): training images/s as it records them."""
-    settings = CellSettings(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=1e-4,
-        loss=loss,
-        width=config.width,
-        options={},
-        deterministic=False,
-        progress=False,
-        num_classes=3,
-        amp=config.amp,
-        channels_last=config.channels_last,
-        compile=config.compile,
-        host_memory=config.host_memory,
-    )
+    # The protocol's defaults fill what bench run would leave to them (the learning rate).
+    defaults = get_protocol(split.protocol).defaults
+    settings = CellSettings.from_config(config.run_config(loss), defaults, num_classes=3)
     result = train_cell(config.architecture, config.seed, split.fold, split, settings, device)
     if result.status != "ok" or not result.images_per_second:
         raise BenchError(f"{config.architecture}: the harness run failed: {result.error}")
@@ -239,7 +215,8 @@ def _split(config: PerfConfig, protocol: str) -> ProtocolSplit:
 
 def run_perf(config: PerfConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure harness vs bare (and, if asked, vs DataLoader+albumentations); a JSON-able dict."""
-    config.validate()
+    validate_perf(config)
+    architectures.get_spec(config.architecture)  # an unknown name lists the known ones
     say = progress or (lambda message: None)
     device = select_device(config.device)
     speed = resolve_speed(config.amp, config.channels_last, config.compile, device)
@@ -267,7 +244,11 @@ def run_perf(config: PerfConfig, progress: Callable[[str], None] | None = None) 
         "bare_images_per_second": statistics.median(samples["bare"]),
     }
     result["ratio"] = result["harness_images_per_second"] / result["bare_images_per_second"]
-    if config.augmented:
+    skipped = dataloader_peer_missing() if config.augmented else None
+    if skipped:
+        say(f"augmented comparison skipped: {skipped}")
+        result["augmented_skipped"] = skipped
+    elif config.augmented:
         clean = _split(config, "clean")
         samples["augmented_harness"], samples["dataloader"] = [], []
         # A fresh interpreter (spawn, not fork) for the peer: the allocator's defaults.
@@ -334,4 +315,6 @@ def render_text(result: dict[str, Any]) -> str:
             "(per-sample albumentations, DataLoader defaults)",
             f"  ratio       {result['augmented_ratio']:9.3f}  (harness / dataloader)",
         ]
+    if "augmented_skipped" in result:
+        lines.append(f"  augmented comparison skipped: {result['augmented_skipped']}")
     return "\n".join(lines)

@@ -356,3 +356,29 @@ def split_sizes(
         except DataError as error:
             result[name] = f"unavailable: {error}"
     return result
+
+
+def dataset_info(dataset: SegmentationDataset) -> dict[str, Any]:
+    """Counts, sizes, class pixel fractions and protocol split sizes: what to check before a run.
+
+    ``bench data info`` prints it. It lives here, not in :mod:`bench.data`, because the split
+    sizes are the protocols' (:func:`split_sizes`) and datasets sit below protocols.
+    """
+    sizes = Counter(f"{s.image.shape[1]}x{s.image.shape[0]}" for s in dataset.samples)
+    n_classes = len(dataset.class_names)
+    pixels = np.zeros(n_classes, dtype=np.int64)
+    for sample in dataset.samples:
+        pixels += np.bincount(sample.mask.ravel(), minlength=n_classes)[:n_classes]
+    total = int(pixels.sum())
+    fractions = {
+        name: (float(pixels[i]) / total if total else 0.0)
+        for i, name in enumerate(dataset.class_names)
+    }
+    return {
+        "name": dataset.name,
+        "count": len(dataset),
+        "sizes": dict(sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "class_fractions": fractions,
+        "protocols": split_sizes(dataset),
+        "warnings": list(dataset.warnings),
+    }

@@ -26,8 +26,8 @@ from bench.atomic import atomic_write_bytes
 from bench.flags import architecture_flags
 from bench.run_dir import RunDir, RunTables, metric_classes_of, summary_columns, write_csv
 
-#: Thesis model names (thesis_reference.csv) for our faithful rebuilds.
-THESIS_MODELS = {"unet_thesis": "U-Net", "segnet_basic": "SegNet", "deconvnet": "DeconvNet"}
+#: The thesis's models (thesis_reference.csv names), in the order of its published rows.
+THESIS_REFERENCE_MODELS = ("SegNet", "DeconvNet", "U-Net")
 THESIS_SOURCE = (
     "P. Baykalov, *Semantic segmentation of peripheral white blood cells using neural "
     "networks*, master's thesis, 2019 (Keras, free Colab GPU)"
@@ -204,7 +204,7 @@ def _label(row: dict[str, Any]) -> str:
     return (
         f"{row['architecture']} {FLAG_MARK}"
         if row.get("flags") or row.get("flagged")
-        else (row["architecture"])
+        else row["architecture"]
     )
 
 
@@ -232,17 +232,41 @@ def render_markdown(
 ) -> str:
     """report.md's text from the run's data: its ``tables``, the ``summary``
     (:func:`bench.aggregate.summarize`, with its ``flags``) and ``statistics``
-    (:func:`bench.stats.statistics_rows`)."""
-    per_image = tables.per_image
+    (:func:`bench.stats.statistics_rows`). One function per section, in report order."""
     protocol = meta["protocol"]
     # Protocols built to compare with the thesis's published rows (thesis, thesis-noleak).
     thesis = protocol.get("thesis_reference", protocol["name"] in ("thesis", "thesis-noleak"))
     reference = load_thesis_reference() if thesis else []
-    ref_models = [m for m in ("SegNet", "DeconvNet", "U-Net")] if thesis else []
-    ref_label = "{} — thesis 2019 (published)".format
+    out = [
+        *header_section(meta, summary, tables.cells, thesis),
+        *flags_section(summary),
+        *accuracy_section(summary, thesis),
+        *loss_section(meta, summary, reference),
+        *quality_section(meta, summary, tables.per_image, reference),
+        *statistics_section(statistics, stats.primary_classes(meta["dataset"]["class_names"])),
+        *cost_section(summary, reference),
+        *failures_section(summary),
+        *figures_section(),
+    ]
+    return "\n".join(out)
 
-    out: list[str] = [
-        f"# Benchmark report: `{meta['dataset']['name']}`, protocol `{meta['protocol']['name']}`",
+
+def _published_label(model: str) -> str:
+    return f"{model} — thesis 2019 (published)"
+
+
+def _published_models(reference: list[dict[str, str]]) -> tuple[str, ...]:
+    """The thesis models whose published rows a table adds (none without the reference)."""
+    return THESIS_REFERENCE_MODELS if reference else ()
+
+
+def header_section(
+    meta: dict[str, Any], summary: list[dict[str, Any]], cells: list[dict[str, Any]], thesis: bool
+) -> list[str]:
+    """Title, command, machine, methods, the models as trained, and the thesis caveat."""
+    protocol = meta["protocol"]
+    out = [
+        f"# Benchmark report: `{meta['dataset']['name']}`, protocol `{protocol['name']}`",
         "",
         "Command:",
         "",
@@ -256,7 +280,7 @@ def render_markdown(
         "",
         methods_paragraph(meta),
         "",
-        *models_section(meta, summary, tables.cells),
+        *models_section(meta, summary, cells),
     ]
     if thesis and protocol["leaked_test_images"]:
         out += [
@@ -275,10 +299,11 @@ def render_markdown(
             f"measured with the leak. Published rows are from {THESIS_SOURCE}.",
             "",
         ]
+    return out
 
-    out += flags_section(summary)
-    n_images = len({(r["fold"], r["image_id"]) for r in per_image})
-    out += ["## Final accuracy (thesis Table 1)", ""]
+
+def accuracy_section(summary: list[dict[str, Any]], thesis: bool) -> list[str]:
+    """Final train and test pixel accuracy (thesis Table 1; no published rows)."""
     table = Table(["Architecture", "Train accuracy", "Test accuracy"], [None, "max", "max"])
     for row in summary:
         table.add(
@@ -288,7 +313,9 @@ def render_markdown(
                 (_fmt(_num(row["test_accuracy"])), _num(row["test_accuracy"])),
             ]
         )
-    out += [
+    return [
+        "## Final accuracy (thesis Table 1)",
+        "",
         table.render(),
         "",
         "Pixel accuracy (argmax) after the last epoch; train is the running mean over the "
@@ -303,7 +330,11 @@ def render_markdown(
         "",
     ]
 
-    out += ["## Final loss (thesis Table 2)", ""]
+
+def loss_section(
+    meta: dict[str, Any], summary: list[dict[str, Any]], reference: list[dict[str, str]]
+) -> list[str]:
+    """Final train and test loss (thesis Table 2), with the published rows."""
     table = Table(["Architecture", "Train loss", "Test loss"], [None, "min", "min"])
     for row in summary:
         table.add(
@@ -313,13 +344,28 @@ def render_markdown(
                 (_fmt(_num(row["test_loss"])), _num(row["test_loss"])),
             ]
         )
-    for model in ref_models:
+    for model in _published_models(reference):
         train, _ = _reference(reference, model, "loss", "train")
         test, _ = _reference(reference, model, "loss", "test")
-        table.add([(ref_label(model), None), (_fmt(train), train), (_fmt(test), test)])
-    out += [table.render(), "", f"Loss: `{meta['config']['loss']}`.", ""]
+        table.add([(_published_label(model), None), (_fmt(train), train), (_fmt(test), test)])
+    return [
+        "## Final loss (thesis Table 2)",
+        "",
+        table.render(),
+        "",
+        f"Loss: `{meta['config']['loss']}`.",
+        "",
+    ]
 
-    out += ["## Segmentation quality on the test images (thesis Table 3)", ""]
+
+def quality_section(
+    meta: dict[str, Any],
+    summary: list[dict[str, Any]],
+    per_image: list[dict[str, Any]],
+    reference: list[dict[str, str]],
+) -> list[str]:
+    """Jaccard and Dice per class over the test images (thesis Table 3), with the published
+    rows and, on the WBC classes, the thesis's "Jaccard" (per-class pixel accuracy)."""
     classes = [c for c in metric_classes_of(meta) if c != meta["dataset"]["class_names"][0]]
     wbc = "cytoplasm" in classes and "nucleus" in classes
     headers = ["Architecture"]
@@ -339,8 +385,8 @@ def render_markdown(
             legacy = _num(row.get(f"{cls}_jaccard_legacy_mean"))
             cells.append((_fmt(legacy), legacy))
         table.add(cells)
-    for model in ref_models if wbc else []:
-        cells = [(ref_label(model), None)] + [("—", None)] * (len(classes) - 1)
+    for model in _published_models(reference) if wbc else ():
+        cells = [(_published_label(model), None)] + [("—", None)] * (len(classes) - 1)
         for cls in classes:
             if cls == "cell":
                 cells.append(("—", None))
@@ -351,8 +397,11 @@ def render_markdown(
             mean, sem = _reference(reference, model, "jaccard_legacy", "test", cls)
             cells.append((_pm(mean, sem), mean))
         table.add(cells)
+    n_images = len({(r["fold"], r["image_id"]) for r in per_image})
     seeds = len(meta["config"]["seeds"])
-    out += [
+    return [
+        "## Segmentation quality on the test images (thesis Table 3)",
+        "",
         table.render(),
         "",
         f"Mean ± SEM over the {n_images} test image{'s' if n_images != 1 else ''}"
@@ -379,9 +428,9 @@ def render_markdown(
         "",
     ]
 
-    out += statistics_section(statistics, stats.primary_classes(meta["dataset"]["class_names"]))
 
-    out += ["## Training time and cost", ""]
+def cost_section(summary: list[dict[str, Any]], reference: list[dict[str, str]]) -> list[str]:
+    """Training time, throughput, peak memory and size, with the published times."""
     table = Table(
         [
             "Architecture",
@@ -407,36 +456,43 @@ def render_markdown(
                 (_fmt(_num(row["gflops"]), 3), None),
             ]
         )
-    for model in ref_models:
+    for model in _published_models(reference):
         seconds, _ = _reference(reference, model, "train_seconds", "train")
         table.add(
             [
-                (ref_label(model) + ", Colab GPU 2018", None),
+                (_published_label(model) + ", Colab GPU 2018", None),
                 (_fmt(seconds, 1), None),
-                ("—", None),
-                ("—", None),
-                ("—", None),
-                ("—", None),
-                ("—", None),
+                *[("—", None)] * 5,
             ]
         )
-    out += [
+    return [
+        "## Training time and cost",
+        "",
         table.render(),
         "",
         "Seconds are per run (mean over seeds and folds), wall time with the device "
         "synchronised; peak memory is CUDA max allocated, or on CPU the process's peak "
         "resident set."
-        + (" Published times were on different hardware and are not ranked." if thesis else ""),
+        + (" Published times were on different hardware and are not ranked." if reference else ""),
         "",
     ]
 
-    failed = [row for row in summary if row["status"] != "ok"]
-    if failed:
-        out += ["## Failures", ""]
-        out += [f"- `{row['architecture']}`: {row['error']}" for row in failed]
-        out += [""]
 
-    out += [
+def failures_section(summary: list[dict[str, Any]]) -> list[str]:
+    failed = [row for row in summary if row["status"] != "ok"]
+    if not failed:
+        return []
+    return [
+        "## Failures",
+        "",
+        *[f"- `{row['architecture']}`: {row['error']}" for row in failed],
+        "",
+    ]
+
+
+def figures_section() -> list[str]:
+    """The figures :func:`render_curves` and :func:`render_predictions` draw."""
+    return [
         "## Figures",
         "",
         "Accuracy per epoch (thesis Figure 5):",
@@ -453,7 +509,6 @@ def render_markdown(
         "![predictions](predictions.png)",
         "",
     ]
-    return "\n".join(out)
 
 
 def _p(value: float | None) -> str:

@@ -268,18 +268,24 @@ class CellRecord:
     row: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     per_image: list[dict[str, Any]] = field(default_factory=list)
+    #: Where a combined run's cell was trained (run directory, commit, machine, versions);
+    #: None for a cell trained into this directory.
+    source: dict[str, Any] | None = None
 
     @property
     def key(self) -> CellKey:
         return self.row["architecture"], self.row["seed"], self.row["fold"]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "format_version": FORMAT_VERSION,
             "cell": self.row,
             "history": self.history,
             "per_image": self.per_image,
         }
+        if self.source is not None:
+            data["source"] = self.source
+        return data
 
     @classmethod
     def from_json(cls, path: Path, data: Any) -> CellRecord:
@@ -309,6 +315,8 @@ class CellRecord:
                 for i, r in enumerate(parts["per_image"])
             ],
         )
+        if isinstance(data.get("source"), dict):
+            record.source = data["source"]
         for name, rows in (("history", record.history), ("per_image", record.per_image)):
             if any((r["architecture"], r["seed"], r["fold"]) != record.key for r in rows):
                 raise ConfigError(f"{path}: {name} rows of another cell")

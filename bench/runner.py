@@ -6,6 +6,13 @@ epoch the train and test loss/accuracy and wall time, then measures every test i
 saves predictions and a checkpoint. A cell that raises or whose loss becomes NaN/inf is
 recorded as failed and the suite goes on.
 
+A cell, step by step (:func:`_train`): :func:`_prepare_cell` (seed, host memory, model,
+optimiser, the split on the device), :func:`_restore` (from its resume checkpoint, if
+any), then per epoch :func:`_train_epoch` (per batch: data, forward, loss, backward,
+step) and :func:`_record_epoch` (test evaluation, history, checkpoint), and
+:func:`_finish` (predictions, per-image metrics, final weights). ``--lr-search``
+candidates train with the same :func:`_train_epoch`.
+
 Accounting, so numbers mean the same for every architecture:
 
 - train loss/accuracy of an epoch are averages over its batches in training mode (dropout
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import math
 import random
 import resource
@@ -43,7 +51,13 @@ from bench import host_memory, metrics
 from bench.augment import BatchAugmenter
 from bench.config import RunConfig
 from bench.errors import ConfigError
-from bench.protocols import IGNORE_INDEX, ProtocolSplit, SplitArrays, carve_validation
+from bench.protocols import (
+    IGNORE_INDEX,
+    ProtocolSplit,
+    SplitArrays,
+    TrainingDefaults,
+    carve_validation,
+)
 
 BCE_EPSILON = 1e-7  # Keras's clipping of probabilities in binary_crossentropy
 
@@ -58,14 +72,6 @@ class CellInterrupted(BaseException):
     A BaseException, like KeyboardInterrupt, so that train_cell's failure isolation does
     not record it as a failed cell: the cell resumes from its epoch checkpoint instead.
     """
-
-
-# Test-only hook called after each epoch's checkpoint is written: (result, epoch) -> None.
-# Tests set it to raise CellInterrupted to simulate a cut at an exact epoch.
-_after_epoch_hook: Callable[[CellResult, int], None] | None = None
-
-# The configuration of the last cell trained in this process (see _train: host memory).
-_last_cell_config: tuple | None = None
 
 
 def select_device(name: str) -> torch.device:
@@ -309,6 +315,43 @@ class CellSettings:
     lr_grid: tuple[float, ...] | None = None
     validation_seed: int = 0
 
+    @classmethod
+    def from_config(
+        cls,
+        config: RunConfig,
+        defaults: TrainingDefaults,
+        num_classes: int,
+        threads: int | None = None,
+    ) -> CellSettings:
+        """The settings every cell of a run trains with: the options given in ``config``,
+        the protocol's ``defaults`` for those left out. One place, so that ``bench run`` and
+        ``bench perf``'s harness loop train alike.
+
+        ``threads``: the run's resolved count (``bench.executors.resolve_threads``);
+        ``None``: ``config.threads``.
+        """
+        from bench.config import DEFAULT_LR_GRID
+
+        return cls(
+            epochs=config.epochs or defaults.epochs,
+            batch_size=config.batch_size or defaults.batch_size,
+            lr=config.lr or defaults.lr,  # under --lr-search each cell replaces it with its pick
+            loss=config.loss or defaults.loss,
+            width=config.width,
+            options={},
+            deterministic=config.deterministic,
+            progress=config.progress == "on" or (config.progress == "auto" and sys.stderr.isatty()),
+            num_classes=num_classes,
+            amp=config.amp,
+            channels_last=config.channels_last,
+            compile=config.compile,
+            host_memory=config.host_memory,
+            threads=config.threads if threads is None else threads,
+            lr_grid=tuple(config.lr_grid or DEFAULT_LR_GRID) if config.lr_search else None,
+            # the same validation images for every cell of a fold
+            validation_seed=config.split_seed,
+        )
+
 
 def evaluate(
     model: torch.nn.Module,
@@ -350,6 +393,48 @@ def evaluate(
     return loss, accuracy, torch.cat(predictions).cpu().numpy()
 
 
+# Called after each epoch of a cell, once its checkpoint is written: (result, epoch).
+EpochCallback = Callable[[CellResult, int], None]
+
+
+class HeapTrimmer:
+    """When the free heap goes back to the system, for cells trained one after another in
+    one process (``--host-memory``, :mod:`bench.host_memory`).
+
+    Before a cell whose configuration (:func:`cell_configuration`) differs from the
+    previous cell's, what the previous cells freed goes back, so this cell's peak memory
+    is its own. After a cell of the same configuration (another seed or fold) the retained
+    heap is what this cell will need: keeping it saves regrowing it. Whoever trains the
+    sequence owns one (the local executor; a Ray worker process); a cell trained without
+    one releases first.
+    """
+
+    def __init__(self) -> None:
+        self._previous: tuple[Any, ...] | None = None
+
+    def before_cell(self, configuration: tuple[Any, ...]) -> bool:
+        """Release the free heap unless ``configuration`` is the previous cell's; whether
+        it asked the allocator to."""
+        release = configuration != self._previous
+        self._previous = configuration
+        if release:
+            host_memory.release_freed_memory()
+        return release
+
+
+def cell_configuration(
+    architecture: str, split: ProtocolSplit, settings: CellSettings, device: torch.device
+) -> tuple[Any, ...]:
+    """What a cell's memory depends on: everything but its seed, fold and progress bars."""
+    return (
+        architecture,
+        dataclasses.replace(settings, progress=False, deterministic=False),
+        split.train.images.shape,
+        split.test.images.shape,
+        str(device),
+    )
+
+
 def train_cell(
     architecture: str,
     seed: int,
@@ -360,6 +445,8 @@ def train_cell(
     class_metrics: dict[str, tuple[int, ...]] = metrics.WBC_METRIC_CLASSES,
     checkpoint: Path | None = None,
     stop: threading.Event | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    heap: HeapTrimmer | None = None,
 ) -> CellResult:
     """Train and measure one (architecture, seed, fold); never raises for model failures.
 
@@ -367,13 +454,27 @@ def train_cell(
     once the cell's outputs are saved); when it exists the cell continues from it, and
     ``total_seconds`` includes the earlier invocations' time up to that checkpoint.
     ``stop``: when set, the cell stops after its current batch by raising
-    :class:`CellInterrupted`. Out of memory is
-    retried once with half the batch size (``result.batch_size`` says which was used).
-    The cell trains with ``settings.threads`` torch threads, if set (restored afterwards).
+    :class:`CellInterrupted`. ``on_epoch_end``: called with (result so far, epoch) after
+    each epoch's checkpoint is written; raising :class:`CellInterrupted` there cuts the
+    cell at that epoch, as a stop would. ``heap``: the :class:`HeapTrimmer` of the cells
+    this process trains one after another (None: the free heap goes back first). Out of
+    memory is retried once with half the batch size (``result.batch_size`` says which was
+    used). The cell trains with ``settings.threads`` torch threads, if set (restored
+    afterwards).
     """
     with intra_op_threads(settings.threads):
         return _train_cell(
-            architecture, seed, fold, split, settings, device, class_metrics, checkpoint, stop
+            architecture,
+            seed,
+            fold,
+            split,
+            settings,
+            device,
+            class_metrics,
+            checkpoint,
+            stop,
+            on_epoch_end,
+            heap,
         )
 
 
@@ -387,8 +488,11 @@ def _train_cell(
     class_metrics: dict[str, tuple[int, ...]],
     checkpoint: Path | None,
     stop: threading.Event | None,
+    on_epoch_end: EpochCallback | None,
+    heap: HeapTrimmer | None,
 ) -> CellResult:
-    """The body of :func:`train_cell`."""
+    """The body of :func:`train_cell`: :func:`_train`, with failures recorded and one
+    out-of-memory retry."""
     started = time.perf_counter()
     batch_size = settings.batch_size
     if checkpoint is not None and checkpoint.is_file():
@@ -407,6 +511,8 @@ def _train_cell(
                 class_metrics,
                 checkpoint,
                 stop,
+                on_epoch_end,
+                heap,
             )
         except torch.cuda.OutOfMemoryError as error:
             result.status = "failed"
@@ -479,6 +585,104 @@ def _save_resume_state(path: Path, state: dict[str, Any]) -> None:
     atomic_torch_save(path, state)
 
 
+@dataclass(frozen=True)
+class _DeviceSplit:
+    """Images (uint8 (N, 3, H, W): a quarter of float's memory) and labels (N, H, W) on
+    the device, where batches are indexed (no loader, no per-batch host copies)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def of(cls, arrays: SplitArrays, device: torch.device) -> _DeviceSplit:
+        return cls(
+            to_device_uint8(arrays.images, device), torch.from_numpy(arrays.labels).to(device)
+        )
+
+
+@dataclass
+class _Trainer:
+    """A model ready to train and all its epochs use: a cell's, or an lr candidate's."""
+
+    model: torch.nn.Module  # its state_dict is what checkpoints hold
+    forward: Callable[[torch.Tensor], torch.Tensor]  # what to call (compiled when asked)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator  # draws each epoch's batch order
+    augmenter: BatchAugmenter | None  # None: no augmentation (the thesis protocols)
+    speed: SpeedOptions
+    device: torch.device
+    loss: str
+    batch_size: int
+    seed: int  # with the epoch, seeds the epoch's augmentations (epoch_seed)
+
+
+@dataclass(frozen=True)
+class _EpochScores:
+    """An epoch's training loss and pixel accuracy (means over its batches, training mode)
+    and its wall time."""
+
+    loss: float
+    accuracy: float
+    seconds: float
+
+
+@dataclass
+class _Cell:
+    """One cell between its steps: its trainer, its split on the device, and its clocks."""
+
+    trainer: _Trainer
+    train: _DeviceSplit
+    test: _DeviceSplit
+    n_train: int  # images each epoch trains on (images_trained)
+    started: float  # perf_counter() when this invocation began
+    first_epoch: int = 1  # after the resume checkpoint's epoch, if any
+    train_seconds: float = 0.0  # training wall time, earlier invocations' included
+    earlier_seconds: float = 0.0  # earlier invocations' wall time up to the checkpoint
+
+
+def _build_model(architecture: str, settings: CellSettings) -> torch.nn.Module:
+    return architectures.build(
+        architecture,
+        num_classes=settings.num_classes,
+        in_channels=3,
+        width=settings.width,
+        **settings.options,
+    )
+
+
+def _new_trainer(
+    model: torch.nn.Module,
+    *,
+    lr: float,
+    loss: str,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    speed: SpeedOptions,
+    augmenter: BatchAugmenter | None,
+) -> _Trainer:
+    """Place ``model`` on the device and give it an Adam optimiser at ``lr``."""
+    forward = place_model(model, device, speed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    # fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op).
+    scaler = torch.amp.GradScaler(device.type, enabled=speed.amp_dtype is torch.float16)
+    generator = torch.Generator().manual_seed(seed)
+    return _Trainer(
+        model,
+        forward,
+        optimizer,
+        scaler,
+        generator,
+        augmenter,
+        speed,
+        device,
+        loss,
+        batch_size,
+        seed,
+    )
+
+
 def _train(
     result: CellResult,
     split: ProtocolSplit,
@@ -487,80 +691,21 @@ def _train(
     class_metrics: dict[str, tuple[int, ...]],
     checkpoint: Path | None = None,
     stop: threading.Event | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    heap: HeapTrimmer | None = None,
 ) -> None:
+    """Train one cell into ``result``: prepare it, continue from its checkpoint if there is
+    one, then per epoch train and record; finally measure every test image."""
     from tqdm.auto import tqdm
 
-    started = time.perf_counter()
-    seed_everything(result.seed, settings.deterministic)
-    host_memory.apply(settings.host_memory)
-    # What an earlier cell of another configuration freed goes back first, so this cell's
-    # peak memory is its own. After a cell of the same configuration (another seed or
-    # fold) the retained heap is what this cell will need: keeping it saves regrowing it.
-    global _last_cell_config
-    cell_config = (
-        result.architecture,
-        dataclasses.replace(settings, progress=False, deterministic=False),
-        split.train.images.shape,
-        split.test.images.shape,
-        str(device),
-    )
-    if cell_config != _last_cell_config:
-        host_memory.release_freed_memory()
-    _last_cell_config = cell_config
-    reset_peak_memory(device)
-    speed = resolve_speed(settings.amp, settings.channels_last, settings.compile, device)
-    if device.type == "cuda" and not settings.deterministic:
-        torch.backends.cudnn.benchmark = True  # input shapes are fixed within a cell
-    if settings.lr_grid:  # before the cell's optimiser is made: it takes the chosen rate
-        settings = _settle_lr(result, split, settings, device, speed, checkpoint, stop)
-    model = architectures.build(
-        result.architecture,
-        num_classes=settings.num_classes,
-        in_channels=3,
-        width=settings.width,
-        **settings.options,
-    )
-    height, width = split.train.labels.shape[1:]
-    result.params = architectures.count_parameters(model)
-    result.gflops = architectures.forward_gflops(model, size=(height, width))
-    forward = place_model(model, device, speed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    # fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op).
-    scaler = torch.amp.GradScaler(device.type, enabled=speed.amp_dtype is torch.float16)
-
-    # The whole split lives on the device as uint8; batches are indexed there (no loader,
-    # no per-batch host copies). The clean protocol augments whole batches on the device.
-    train_images = to_device_uint8(split.train.images, device)
-    train_labels = torch.from_numpy(split.train.labels).to(device)
-    test_images = to_device_uint8(split.test.images, device)
-    test_labels = torch.from_numpy(split.test.labels).to(device)
-    augmenter = BatchAugmenter(square=height == width) if split.augment else None
-    generator = torch.Generator().manual_seed(result.seed)
-    train_seconds = 0.0
-    earlier_seconds = 0.0
-    first_epoch = 1
+    cell, settings = _prepare_cell(result, split, settings, device, checkpoint, stop, heap)
     if checkpoint is not None and checkpoint.is_file():
-        state = load_resume_state(checkpoint)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"], generator)
-        result.history = list(state["history"])
-        train_seconds = float(state["train_seconds"])
-        # Wall time of earlier invocations up to this checkpoint; train_cell adds its own.
-        result.total_seconds = earlier_seconds = float(state.get("elapsed_seconds", 0.0))
-        first_epoch = int(state["epoch"]) + 1
-        last_train, last_test = result.history[-2], result.history[-1]
-        result.train_loss, result.train_accuracy = last_train["loss"], last_train["accuracy"]
-        result.test_loss, result.test_accuracy = last_test["loss"], last_test["accuracy"]
-    n_images = len(split.train)
-    n_train = images_trained(n_images, settings.batch_size)
+        _restore(cell, result, load_resume_state(checkpoint))
     label = f"{result.architecture} s{result.seed}" + (
         f" f{result.fold}" if result.fold is not None else ""
     )
     epochs = tqdm(
-        range(first_epoch, settings.epochs + 1),
+        range(cell.first_epoch, settings.epochs + 1),
         desc=label,
         unit="epoch",
         disable=not settings.progress,
@@ -568,121 +713,254 @@ def _train(
     )
     predictions = None
     for epoch in epochs:
-        epoch_start = time.perf_counter()
-        synchronize(device)
-        model.train()
-        order = torch.randperm(n_images, generator=generator)[:n_train].to(device)
-        if augmenter is not None:
-            # Drawn from a generator seeded by (seed, epoch): a resumed cell redraws them.
-            augment_params = augmenter.draw(
-                torch.Generator().manual_seed(epoch_seed(result.seed, epoch)), n_train
-            ).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        valid = torch.zeros((), device=device, dtype=torch.long)
-        batches = range(0, n_train, settings.batch_size)
-        for start in tqdm(
-            batches, desc=f"epoch {epoch}", unit="batch", disable=not settings.progress, leave=False
-        ):
-            index = order[start : start + settings.batch_size]
-            x = model_input(train_images[index], speed.channels_last)
-            y = train_labels[index]
-            if augmenter is not None:  # keeps the memory format of x
-                x, y = augmenter.apply(x, y, augment_params[start : start + len(index)])
-            with speed.autocast(device):
-                logits = forward(x)
-            loss = compute_loss(settings.loss, logits, y)  # in fp32 (compute_loss casts)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.detach() * len(index)
-            c, v = pixel_correct(logits.detach(), y)
-            correct += c
-            valid += v
-            if stop is not None and stop.is_set():
-                # The epoch in progress is dropped; the last epoch checkpoint is the record.
-                raise CellInterrupted()
-        synchronize(device)
-        train_time = time.perf_counter() - epoch_start
-        train_seconds += train_time
-        train_loss = loss_sum.item() / n_train
-        train_accuracy = correct.item() / max(valid.item(), 1)
-        if not math.isfinite(train_loss):
-            raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}")
-        last_epoch = epoch == settings.epochs
-        test_loss, test_accuracy, predictions = evaluate(
-            forward,
-            test_images,
-            test_labels,
-            settings.loss,
-            settings.batch_size,
-            device,
-            speed,
-            keep_predictions=last_epoch,
+        trained = _train_epoch(
+            cell.trainer, cell.train, cell.n_train, epoch, stop, progress=settings.progress
         )
-        base = {
-            "architecture": result.architecture,
-            "seed": result.seed,
-            "fold": result.fold,
-            "epoch": epoch,
-        }
-        result.history.append(
-            {
-                **base,
-                "split": "train",
-                "loss": train_loss,
-                "accuracy": train_accuracy,
-                "seconds": train_time,
-            }
-        )
-        result.history.append(
-            {
-                **base,
-                "split": "test",
-                "loss": test_loss,
-                "accuracy": test_accuracy,
-                "seconds": time.perf_counter() - epoch_start - train_time,
-            }
-        )
-        epochs.set_postfix(loss=f"{train_loss:.4f}", test_acc=f"{test_accuracy:.4f}")
-        result.train_loss, result.train_accuracy = train_loss, train_accuracy
-        result.test_loss, result.test_accuracy = test_loss, test_accuracy
-        if checkpoint is not None:
-            _save_resume_state(
-                checkpoint,
-                {
-                    "architecture": result.architecture,
-                    "seed": result.seed,
-                    "fold": result.fold,
-                    "epoch": epoch,
-                    "batch_size": settings.batch_size,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "history": result.history,
-                    "train_seconds": train_seconds,
-                    "elapsed_seconds": earlier_seconds + time.perf_counter() - started,
-                    "rng": _rng_state(generator),
-                    # A resumed cell reuses the search's outcome instead of searching again.
-                    **(
-                        {"lr": result.lr, "lr_search": result.lr_search} if settings.lr_grid else {}
-                    ),
-                },
-            )
-        if _after_epoch_hook is not None:
-            _after_epoch_hook(result, epoch)
+        cell.train_seconds += trained.seconds
+        predictions = _record_epoch(cell, result, settings, epoch, trained, checkpoint)
+        epochs.set_postfix(loss=f"{trained.loss:.4f}", test_acc=f"{result.test_accuracy:.4f}")
+        if on_epoch_end is not None:
+            on_epoch_end(result, epoch)
+    _finish(cell, result, split, settings, class_metrics, predictions)
 
+
+def _prepare_cell(
+    result: CellResult,
+    split: ProtocolSplit,
+    settings: CellSettings,
+    device: torch.device,
+    checkpoint: Path | None,
+    stop: threading.Event | None,
+    heap: HeapTrimmer | None,
+) -> tuple[_Cell, CellSettings]:
+    """Everything before the first epoch: seed, host memory, speed options, the rate
+    (``--lr-search``), the model (its size recorded in ``result``), its optimiser, and the
+    split on the device. Returns the cell and the settings with the rate it trains with."""
+    started = time.perf_counter()
+    seed_everything(result.seed, settings.deterministic)
+    host_memory.apply(settings.host_memory)
+    (heap or HeapTrimmer()).before_cell(
+        cell_configuration(result.architecture, split, settings, device)
+    )
+    reset_peak_memory(device)
+    speed = resolve_speed(settings.amp, settings.channels_last, settings.compile, device)
+    if device.type == "cuda" and not settings.deterministic:
+        torch.backends.cudnn.benchmark = True  # input shapes are fixed within a cell
+    if settings.lr_grid:  # before the cell's optimiser is made: it takes the chosen rate
+        settings = _settle_lr(result, split, settings, device, speed, checkpoint, stop)
+    model = _build_model(result.architecture, settings)
+    height, width = split.train.labels.shape[1:]
+    result.params = architectures.count_parameters(model)
+    result.gflops = architectures.forward_gflops(model, size=(height, width))
+    trainer = _new_trainer(
+        model,
+        lr=settings.lr,
+        loss=settings.loss,
+        batch_size=settings.batch_size,
+        seed=result.seed,
+        device=device,
+        speed=speed,
+        # The clean protocol augments whole batches on the device.
+        augmenter=BatchAugmenter(square=height == width) if split.augment else None,
+    )
+    cell = _Cell(
+        trainer,
+        train=_DeviceSplit.of(split.train, device),
+        test=_DeviceSplit.of(split.test, device),
+        n_train=images_trained(len(split.train), settings.batch_size),
+        started=started,
+    )
+    return cell, settings
+
+
+def _restore(cell: _Cell, result: CellResult, state: dict[str, Any]) -> None:
+    """Continue from a resume checkpoint: weights, optimiser, every RNG, history, clocks."""
+    trainer = cell.trainer
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if "scaler" in state:
+        trainer.scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"], trainer.generator)
+    result.history = list(state["history"])
+    cell.train_seconds = float(state["train_seconds"])
+    # Wall time of earlier invocations up to this checkpoint; train_cell adds its own.
+    result.total_seconds = cell.earlier_seconds = float(state.get("elapsed_seconds", 0.0))
+    cell.first_epoch = int(state["epoch"]) + 1
+    last_train, last_test = result.history[-2], result.history[-1]
+    result.train_loss, result.train_accuracy = last_train["loss"], last_train["accuracy"]
+    result.test_loss, result.test_accuracy = last_test["loss"], last_test["accuracy"]
+
+
+def _train_epoch(
+    trainer: _Trainer,
+    data: _DeviceSplit,
+    n_train: int,
+    epoch: int,
+    stop: threading.Event | None,
+    progress: bool = False,
+) -> _EpochScores:
+    """One epoch over ``n_train`` of ``data``'s images in a shuffled order: per batch the
+    data, forward, loss, backward and step; the sums stay on the device until its end."""
+    from tqdm.auto import tqdm
+
+    device, speed, augmenter = trainer.device, trainer.speed, trainer.augmenter
+    started = time.perf_counter()
+    synchronize(device)
+    trainer.model.train()
+    order = torch.randperm(len(data.images), generator=trainer.generator)[:n_train].to(device)
+    if augmenter is not None:
+        # Drawn from a generator seeded by (seed, epoch): a resumed cell redraws them.
+        augment_params = augmenter.draw(
+            torch.Generator().manual_seed(epoch_seed(trainer.seed, epoch)), n_train
+        ).to(device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    valid = torch.zeros((), device=device, dtype=torch.long)
+    batches = range(0, n_train, trainer.batch_size)
+    for start in tqdm(
+        batches, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False
+    ):
+        # data
+        index = order[start : start + trainer.batch_size]
+        x = model_input(data.images[index], speed.channels_last)
+        y = data.labels[index]
+        if augmenter is not None:  # keeps the memory format of x
+            x, y = augmenter.apply(x, y, augment_params[start : start + len(index)])
+        # forward
+        with speed.autocast(device):
+            logits = trainer.forward(x)
+        # loss, in fp32 (compute_loss casts)
+        loss = compute_loss(trainer.loss, logits, y)
+        # backward
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.scaler.scale(loss).backward()
+        # step
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+        # log: sums on the device, read once after the epoch
+        loss_sum += loss.detach() * len(index)
+        c, v = pixel_correct(logits.detach(), y)
+        correct += c
+        valid += v
+        if stop is not None and stop.is_set():
+            # The epoch in progress is dropped; the last epoch checkpoint is the record.
+            raise CellInterrupted()
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    train_loss = loss_sum.item() / n_train
+    train_accuracy = correct.item() / max(valid.item(), 1)
+    if not math.isfinite(train_loss):
+        raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}")
+    return _EpochScores(train_loss, train_accuracy, seconds)
+
+
+def _record_epoch(
+    cell: _Cell,
+    result: CellResult,
+    settings: CellSettings,
+    epoch: int,
+    trained: _EpochScores,
+    checkpoint: Path | None,
+) -> np.ndarray | None:
+    """After an epoch: evaluate on the test images, append the epoch's history rows, keep
+    its numbers as the result's latest, and write the resume checkpoint. Returns the test
+    predictions after the last epoch (None before)."""
+    started = time.perf_counter()
+    trainer = cell.trainer
+    test_loss, test_accuracy, predictions = evaluate(
+        trainer.forward,
+        cell.test.images,
+        cell.test.labels,
+        settings.loss,
+        settings.batch_size,
+        trainer.device,
+        trainer.speed,
+        keep_predictions=epoch == settings.epochs,
+    )
+    base = {
+        "architecture": result.architecture,
+        "seed": result.seed,
+        "fold": result.fold,
+        "epoch": epoch,
+    }
+    result.history.append(
+        {
+            **base,
+            "split": "train",
+            "loss": trained.loss,
+            "accuracy": trained.accuracy,
+            "seconds": trained.seconds,
+        }
+    )
+    result.history.append(
+        {
+            **base,
+            "split": "test",
+            "loss": test_loss,
+            "accuracy": test_accuracy,
+            "seconds": time.perf_counter() - started,
+        }
+    )
+    result.train_loss, result.train_accuracy = trained.loss, trained.accuracy
+    result.test_loss, result.test_accuracy = test_loss, test_accuracy
+    if checkpoint is not None:
+        _save_resume_state(checkpoint, _resume_state(cell, result, settings, epoch))
+    return predictions
+
+
+def _resume_state(
+    cell: _Cell, result: CellResult, settings: CellSettings, epoch: int
+) -> dict[str, Any]:
+    """What :func:`_restore` continues from after ``epoch`` (tensors, numbers, lists)."""
+    trainer = cell.trainer
+    return {
+        "architecture": result.architecture,
+        "seed": result.seed,
+        "fold": result.fold,
+        "epoch": epoch,
+        "batch_size": settings.batch_size,
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "history": result.history,
+        "train_seconds": cell.train_seconds,
+        "elapsed_seconds": cell.earlier_seconds + time.perf_counter() - cell.started,
+        "rng": _rng_state(trainer.generator),
+        # A resumed cell reuses the search's outcome instead of searching again.
+        **({"lr": result.lr, "lr_search": result.lr_search} if settings.lr_grid else {}),
+    }
+
+
+def _finish(
+    cell: _Cell,
+    result: CellResult,
+    split: ProtocolSplit,
+    settings: CellSettings,
+    class_metrics: dict[str, tuple[int, ...]],
+    predictions: np.ndarray | None,
+) -> None:
+    """The cell's final record: timing, peak memory, every test image's metrics, weights."""
+    trainer = cell.trainer
     if predictions is None:  # cut after the last epoch's checkpoint: measure the weights
         _, _, predictions = evaluate(
-            forward, test_images, test_labels, settings.loss, settings.batch_size, device, speed
+            trainer.forward,
+            cell.test.images,
+            cell.test.labels,
+            settings.loss,
+            settings.batch_size,
+            trainer.device,
+            trainer.speed,
         )
+    assert predictions is not None
+    train_seconds = cell.train_seconds
     result.train_seconds = train_seconds
-    result.images_per_second = n_train * settings.epochs / train_seconds if train_seconds else None
-    result.peak_memory_mb = peak_memory_mb(device)
+    result.images_per_second = (
+        cell.n_train * settings.epochs / train_seconds if train_seconds else None
+    )
+    result.peak_memory_mb = peak_memory_mb(trainer.device)
     result.predictions = predictions
     result.per_image = per_image_rows(result, split.test, predictions, class_metrics)
-    result.model_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    result.model_state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
 
 
 def _settle_lr(
@@ -740,10 +1018,8 @@ def search_lr(
 
     fit, validation = carve_validation(split.train, settings.validation_seed)
     batch_size = min(settings.batch_size, len(fit))  # the fit part is 80 % of the training set
-    fit_images = to_device_uint8(fit.images, device)
-    fit_labels = torch.from_numpy(fit.labels).to(device)
-    validation_images = to_device_uint8(validation.images, device)
-    validation_labels = torch.from_numpy(validation.labels).to(device)
+    fit_data = _DeviceSplit.of(fit, device)
+    validation_data = _DeviceSplit.of(validation, device)
     height, width = fit.labels.shape[1:]
     augmenter = BatchAugmenter(square=height == width) if split.augment else None
     label = f"{architecture} seed {seed}" + (f" fold {fold}" if fold is not None else "")
@@ -752,17 +1028,16 @@ def search_lr(
     for lr in sorted(settings.lr_grid):
         started = time.perf_counter()
         seed_everything(seed, settings.deterministic)
-        model = architectures.build(
-            architecture,
-            num_classes=settings.num_classes,
-            in_channels=3,
-            width=settings.width,
-            **settings.options,
+        trainer = _new_trainer(
+            _build_model(architecture, settings),
+            lr=lr,
+            loss=settings.loss,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            speed=speed,
+            augmenter=augmenter,
         )
-        forward = place_model(model, device, speed)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        scaler = torch.amp.GradScaler(device.type, enabled=speed.amp_dtype is torch.float16)
-        generator = torch.Generator().manual_seed(seed)
         entry: dict[str, Any] = {
             "lr": lr,
             "validation_dice": None,  # None: the rate diverged (its error says how)
@@ -770,8 +1045,8 @@ def search_lr(
             "error": "",
         }
         try:
-            # _train's epoch loop (keep the two in step), without its per-epoch test
-            # evaluation and checkpoints: candidates train exactly as the cell will.
+            # The cell's epochs (_train_epoch), without its per-epoch test evaluation and
+            # checkpoints: candidates train exactly as the cell will.
             for epoch in tqdm(
                 range(1, settings.epochs + 1),
                 desc=f"{label} lr {lr:g}",
@@ -779,35 +1054,11 @@ def search_lr(
                 disable=not settings.progress,
                 leave=False,
             ):
-                model.train()
-                order = torch.randperm(len(fit), generator=generator)[:n_fit].to(device)
-                if augmenter is not None:
-                    augment_params = augmenter.draw(
-                        torch.Generator().manual_seed(epoch_seed(seed, epoch)), n_fit
-                    ).to(device)
-                loss_sum = torch.zeros((), device=device)
-                for start in range(0, n_fit, batch_size):
-                    index = order[start : start + batch_size]
-                    x = model_input(fit_images[index], speed.channels_last)
-                    y = fit_labels[index]
-                    if augmenter is not None:
-                        x, y = augmenter.apply(x, y, augment_params[start : start + len(index)])
-                    with speed.autocast(device):
-                        logits = forward(x)
-                    loss = compute_loss(settings.loss, logits, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    loss_sum += loss.detach() * len(index)
-                    if stop is not None and stop.is_set():
-                        raise CellInterrupted()
-                if not math.isfinite(train_loss := loss_sum.item() / n_fit):
-                    raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}")
+                _train_epoch(trainer, fit_data, n_fit, epoch, stop)
             loss, _, predictions = evaluate(
-                forward,
-                validation_images,
-                validation_labels,
+                trainer.forward,
+                validation_data.images,
+                validation_data.labels,
                 settings.loss,
                 batch_size,
                 device,
@@ -827,7 +1078,7 @@ def search_lr(
         entry["seconds"] = time.perf_counter() - started
         scores.append(entry)
         print(f"{label}: lr {lr:g} → {outcome}", file=sys.stderr, flush=True)
-        del model, forward, optimizer
+        del trainer
     best: dict[str, Any] | None = None
     for entry in scores:  # ascending rates: a tie keeps the smaller one
         dice = entry["validation_dice"]
@@ -901,7 +1152,11 @@ def resolve_architectures(config: RunConfig) -> list[str]:
     for pattern in config.architectures:
         matches = architectures.available(pattern)
         if not matches:
-            known = ", ".join(architectures.available())
-            raise ConfigError(f"no architecture matches {pattern!r}; known: {known}")
+            known = architectures.available()
+            close = difflib.get_close_matches(pattern, known, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(
+                f"no architecture matches {pattern!r}{hint}; known: {', '.join(known)}"
+            )
         names.extend(m for m in matches if m not in names)
     return names

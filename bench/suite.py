@@ -28,7 +28,6 @@ import numpy as np
 import architectures
 from bench import environment, metrics, report
 from bench.atomic import atomic_write_png
-from bench.cmd_list import architecture_options
 from bench.config import DEFAULT_LR_GRID, RunConfig
 from bench.data import (
     WBC_CLASS_NAMES,
@@ -125,6 +124,11 @@ def check_resumable(run: RunDir, resolved: dict[str, Any]) -> dict[str, Any] | N
             "use another --out (`bench report` still renders it)"
         )
     old = run.read_meta()
+    if old.get("combined_from"):
+        raise ConfigError(
+            f"--out {run.path}: a combination of other runs (bench combine), not trained "
+            "here: resume its source runs, or use another --out"
+        )
     before, now = _comparable(old["config"]), _comparable(resolved)
     differing = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if differing:
@@ -324,23 +328,8 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
         "started_utc": utc_now(),
         "finished_utc": None,
     }
-    settings = CellSettings(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=config.lr or defaults.lr,  # under --lr-search each cell replaces it with its pick
-        loss=resolved["loss"],
-        width=config.width,
-        options={},
-        deterministic=config.deterministic,
-        progress=config.progress == "on" or (config.progress == "auto" and sys.stderr.isatty()),
-        num_classes=len(dataset.class_names),
-        amp=config.amp,
-        channels_last=config.channels_last,
-        compile=config.compile,
-        host_memory=config.host_memory,
-        threads=resolved["threads"],
-        lr_grid=tuple(resolved["lr_grid"]) if config.lr_search else None,
-        validation_seed=config.split_seed,  # the same validation images for every cell of a fold
+    settings = CellSettings.from_config(
+        config, defaults, num_classes=len(dataset.class_names), threads=resolved["threads"]
     )
     run = RunDir(config.out if config.out else new_default_out_dir(protocol.name))
     run.create()
@@ -459,7 +448,7 @@ def _run_locked(
 
 def cell_options(config: RunConfig, name: str) -> dict[str, Any]:
     """Architecture options of a cell: the encoder, for the segmentation-models baselines."""
-    return architecture_options(name, config.encoder)
+    return architectures.architecture_options(name, config.encoder)
 
 
 def summary_line(record: CellRecord) -> str:

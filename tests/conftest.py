@@ -7,10 +7,15 @@ absent; in CI (``CI=true``) it fails instead, so a missing data set can never pa
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from architectures import registry
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WBC_DIR = REPO_ROOT.parent / "shared" / "datasets" / "segmentation_WBC"
@@ -31,3 +36,38 @@ def wbc_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture
+def fresh_registry() -> Iterator[registry.Registry]:
+    """A registry with the built-ins and no plugin, as ``architectures``' default for one test.
+
+    What the test registers or loads (plugin files, entry points) goes into this copy and is
+    forgotten with it: afterwards the default registry is the one from before, and the modules
+    imported as plugins are gone from ``sys.modules`` (so that the next registry imports them
+    again). The default registry's own plugin modules are hidden during the test, for the
+    same reason, and put back after it.
+    """
+    saved = registry.default
+    fresh = registry.Registry(
+        spec for spec in saved.specs() if not spec.source.startswith("plugin:")
+    )
+
+    def plugin_module_names(owner: registry.Registry) -> list[str]:
+        return [
+            name
+            for name in sys.modules
+            if any(name == m or name.startswith(m + ".") for m in owner.plugin_modules)
+        ]
+
+    hidden = {name: sys.modules.pop(name) for name in plugin_module_names(saved)}
+    registry.default = fresh
+    importlib.invalidate_caches()
+    try:
+        yield fresh
+    finally:
+        registry.default = saved
+        for name in plugin_module_names(fresh):
+            del sys.modules[name]
+        sys.modules.update(hidden)
+        importlib.invalidate_caches()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import architectures
+from architectures.layers import scaled
 from architectures.unet_thesis import KerasSameConvTranspose2d, keras_same_conv
 from bench.errors import ArchitectureError, ConfigError
 
@@ -79,6 +83,38 @@ def test_unknown_name_lists_known_ones() -> None:
     assert all(name in message for name in architectures.available())
 
 
+def test_no_module_of_the_package_imports_its_face() -> None:
+    """Model files, layers, registry and measure import ``architectures.<module>``, never the
+    package face, whose only job is to re-export them (and to import the built-ins)."""
+    package = Path(architectures.__file__).parent
+    offenders = []
+    for path in sorted(package.glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [node.module]
+                if isinstance(node, ast.ImportFrom)
+                else [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            offenders += [f"{path.name}:{node.lineno}" for n in names if n == "architectures"]
+    assert offenders == []
+    builtins = [spec.factory.__module__ for spec in architectures.registry.default.specs()]
+    assert {m.__name__ for m in architectures.BUILTIN_MODULES} <= set(builtins)
+
+
+def test_face_exports_the_public_api() -> None:
+    for name in architectures.__all__:
+        assert hasattr(architectures, name), name
+    assert architectures.build is architectures.registry.build
+    assert architectures.count_parameters is architectures.measure.count_parameters
+    assert architectures.memory_format_of is architectures.layers.memory_format_of
+    assert not hasattr(architectures, "_unregister")
+    assert not hasattr(architectures, "_reset_plugins_for_tests")
+
+
 def test_bad_width_and_unknown_option_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="width"):
         architectures.build("unet_thesis", width=0)
@@ -96,13 +132,13 @@ def test_width_scales_channels() -> None:
 
 def test_scaled_floors_at_min_channels_but_never_widens_a_published_stage() -> None:
     assert architectures.MIN_CHANNELS == 16
-    assert architectures._scaled(64, 0.25) == 16
-    assert architectures._scaled(64, 0.0625) == 16  # 4 without the floor
-    assert architectures._scaled(16, 0.25) == 16  # smp U-Net's last decoder stage: 4 without
-    assert architectures._scaled(1024, 0.0625) == 64
-    assert architectures._scaled(512, 1.0) == 512 and architectures._scaled(64, 2.0) == 128
-    assert architectures._scaled(8, 0.5) == 8  # an 8-channel stage stays 8, not 16
-    assert architectures._scaled(1, 0.001) == 1
+    assert scaled(64, 0.25) == 16
+    assert scaled(64, 0.0625) == 16  # 4 without the floor
+    assert scaled(16, 0.25) == 16  # smp U-Net's last decoder stage: 4 without
+    assert scaled(1024, 0.0625) == 64
+    assert scaled(512, 1.0) == 512 and scaled(64, 2.0) == 128
+    assert scaled(8, 0.5) == 8  # an 8-channel stage stays 8, not 16
+    assert scaled(1, 0.001) == 1
 
 
 def _convs(model: nn.Module) -> list[nn.modules.conv._ConvNd]:
@@ -365,26 +401,21 @@ def test_linknet_ignores_width_as_its_note_says() -> None:
     assert len(counts) == 1
 
 
+@pytest.mark.usefixtures("fresh_registry")
 def test_register_architecture_takes_a_width_note() -> None:
     @architectures.register_architecture("test_width_note_net", width_note="  ignored:  fixed  ")
     def net(num_classes: int = 3, in_channels: int = 3, width: float = 1.0) -> nn.Module:
         """A fixed-size net."""
         return nn.Conv2d(in_channels, num_classes, 1)
 
-    try:
-        assert architectures.get_spec("test_width_note_net").width_note == "ignored: fixed"
-    finally:
-        architectures._unregister("test_width_note_net")
+    assert architectures.get_spec("test_width_note_net").width_note == "ignored: fixed"
 
     @architectures.register_architecture("test_no_width_note_net")
     def other(num_classes: int = 3, in_channels: int = 3, width: float = 1.0) -> nn.Module:
         """Says nothing about width."""
         return nn.Conv2d(in_channels, num_classes, 1)
 
-    try:
-        assert architectures.get_spec("test_no_width_note_net").width_note == ""
-    finally:
-        architectures._unregister("test_no_width_note_net")
+    assert architectures.get_spec("test_no_width_note_net").width_note == ""
 
 
 def test_smp_failed_weight_download_suggests_random_init(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,8 @@ from bench.cli import main
 PLUGINS = Path(__file__).parent / "plugins"
 
 
-@pytest.fixture(autouse=True)
-def clean_plugins() -> Iterator[None]:
-    architectures._reset_plugins_for_tests()
-    yield
-    architectures._reset_plugins_for_tests()
+# Every test starts with the built-ins and no plugin, and what it registers is forgotten.
+pytestmark = pytest.mark.usefixtures("fresh_registry")
 
 
 def test_list_json_unet_thesis(capsys: pytest.CaptureFixture[str]) -> None:
@@ -94,10 +90,7 @@ def test_list_falls_back_to_a_cpu_build_when_meta_cannot_run_it(
         assert conv.weight.abs().sum().item() > 0  # impossible on the meta device
         return conv
 
-    try:
-        (row,) = _rows(capsys, "test_needs_real_tensors")
-    finally:
-        architectures._unregister("test_needs_real_tensors")
+    (row,) = _rows(capsys, "test_needs_real_tensors")
     assert "error" not in row and row["params"] == 12 and row["width_note"] == ""
 
 
@@ -170,10 +163,7 @@ def test_failing_build_is_listed_with_an_error(capsys: pytest.CaptureFixture[str
         """Always fails."""
         raise RuntimeError("out of cheese")
 
-    try:
-        assert main(["list", "--json", "test_failing_build"]) == 0
-    finally:
-        architectures._unregister("test_failing_build")
+    assert main(["list", "--json", "test_failing_build"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["params"] is None and row["gflops"] is None
     assert "out of cheese" in row["error"] and "test_failing_build" in row["error"]

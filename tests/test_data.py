@@ -20,13 +20,13 @@ from bench.data import (
     SegmentationDataset,
     available_datasets,
     card_file,
-    dataset_info,
     load_card,
     load_dataset,
     parse_palette,
     resolve_data_dir,
 )
 from bench.errors import ConfigError, DataError
+from bench.protocols import dataset_info
 
 # --------------------------------------------------------------------------- real data
 

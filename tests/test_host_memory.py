@@ -9,6 +9,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,7 +50,11 @@ def _faults(mode: str) -> tuple[bool, int]:
 
 @pytest.mark.skipif(not GLIBC, reason="the allocator setting is glibc's")
 def test_retain_keeps_freed_memory_for_reuse():
-    applied, retained = _faults("retain")
+    # The fewest of three fresh interpreters: now and then the kernel takes back a few
+    # retained pages under other processes' load (up to 3 of the 10 rounds seen, in either
+    # version of the code), which says nothing about the setting.
+    runs = [_faults("retain") for _ in range(3)]
+    applied, retained = all(a for a, _ in runs), min(f for _, f in runs)
     not_applied, system = _faults("system")
     assert applied and not not_applied
     assert system > 10 * 4000  # ten times 64 MiB faulted back in (4 KiB pages, or fewer huge)
@@ -85,20 +90,40 @@ def test_results_do_not_depend_on_host_memory(tmp_path):
 
 def test_free_heap_goes_back_between_cells_of_different_configurations(monkeypatch):
     """Each cell's peak memory is its own: the heap is trimmed before a cell unless the
-    previous cell in the process had the same configuration (another seed)."""
+    previous cell of the same sequence (its HeapTrimmer) had the same configuration."""
     from bench import runner
     from bench.data import load_dataset
     from bench.protocols import get_protocol
 
     releases = []
     monkeypatch.setattr(host_memory, "release_freed_memory", lambda: releases.append(1))
-    monkeypatch.setattr(runner, "_last_cell_config", None)
     split = get_protocol("thesis").split(load_dataset("synthetic", synthetic_count=12))
     settings = cell_settings(epochs=1, batch_size=4)
     cpu = runner.select_device("cpu")
+    heap = runner.HeapTrimmer()  # the sequence's, as the local executor owns one
     for seed, width, expected in ((0, 0.0625, 1), (1, 0.0625, 1), (0, 0.125, 2), (0, 0.125, 2)):
         cell = runner.train_cell(
-            "unet_thesis", seed, None, split, replace(settings, width=width), cpu
+            "unet_thesis", seed, None, split, replace(settings, width=width), cpu, heap=heap
         )
         assert cell.status == "ok", cell.error
         assert len(releases) == expected, (seed, width)
+    # A cell of no sequence releases first, even after a cell of its configuration.
+    cell = runner.train_cell("unet_thesis", 0, None, split, replace(settings, width=0.125), cpu)
+    assert cell.status == "ok", cell.error
+    assert len(releases) == 3
+
+
+def test_the_local_executor_trains_its_cells_as_one_sequence(tmp_path):
+    from bench.executors import CellJob, LocalExecutor
+    from bench.runner import HeapTrimmer
+
+    heaps = []
+
+    def train(*args, **kwargs):
+        heaps.append(kwargs["heap"])
+        return args[:3]
+
+    executor = LocalExecutor("cpu", threading.Event(), train=train)
+    jobs = [CellJob("unet_thesis", s, 0, cell_settings(), tmp_path / f"{s}.pt") for s in (0, 1)]
+    assert list(executor.run(jobs, {0: None}, {})) == [("unet_thesis", 0, 0), ("unet_thesis", 1, 0)]
+    assert isinstance(heaps[0], HeapTrimmer) and heaps[0] is heaps[1]

@@ -19,7 +19,7 @@ from bench.data import load_dataset
 from bench.errors import ConfigError
 from bench.protocols import SplitArrays, carve_validation, get_protocol
 
-from tiny_runs import RUN_DEFAULTS, cell_settings, run_argv
+from tiny_runs import RUN_DEFAULTS, cell_settings, on_epoch_end, run_argv
 
 # segnet_basic learns within 6 tiny epochs at 1e-3 (validation Dice ~0.4), while 10.0
 # wrecks it (~0.1): the absurd rate must lose. Two architectures, so both see the split.
@@ -151,7 +151,7 @@ def test_resumed_cell_does_not_search_again(searched, tmp_path, monkeypatch, cap
         if result.architecture == "unet_thesis" and epoch == 1:
             raise runner.CellInterrupted()
 
-    monkeypatch.setattr(runner, "_after_epoch_hook", cut)
+    on_epoch_end(monkeypatch, cut)
     assert main(argv) == 130
     assert capsys.readouterr().err.count("→") == len(ARCHITECTURES) * len(GRID)
     state = torch.load(out / "resume" / "unet_thesis_seed0_fold0.pt", weights_only=True)
@@ -161,7 +161,7 @@ def test_resumed_cell_does_not_search_again(searched, tmp_path, monkeypatch, cap
         raise AssertionError("a resumed cell searched again")
 
     monkeypatch.setattr(runner, "search_lr", must_not_search)
-    monkeypatch.setattr(runner, "_after_epoch_hook", None)
+    on_epoch_end(monkeypatch, None)
     assert main(argv) == 0
     assert "→" not in capsys.readouterr().err
     assert rows(out / "cells.csv")[1]["lr"] == repr(state["lr"])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from scipy import stats as scipy_stats
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score
 
 from bench import metrics
@@ -94,6 +96,18 @@ def test_mean_sem_uses_sample_standard_deviation():
     assert sem == pytest.approx(np.std(values, ddof=1) / 2)
     assert math.isnan(metrics.mean_sem([0.5])[1])
     assert math.isnan(metrics.mean_sem([])[0])
+
+
+def test_mean_sem_equals_scipy_sem_without_its_warnings():
+    values = [0.9, float("nan"), 0.8, 0.95, 0.85, float("nan"), 0.7]
+    kept = [v for v in values if not math.isnan(v)]
+    mean, sem = metrics.mean_sem(iter(values))  # any iterable, NaN ignored
+    assert mean == pytest.approx(np.mean(kept))
+    assert sem == pytest.approx(scipy_stats.sem(values, ddof=1, nan_policy="omit"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy warns on these two; mean_sem says NaN quietly
+        assert math.isnan(metrics.mean_sem([0.5, float("nan")])[1])
+        assert all(math.isnan(v) for v in metrics.mean_sem([float("nan")]))
 
 
 def test_legacy_jaccard_exceeds_true_jaccard_on_small_objects():

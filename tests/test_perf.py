@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
 
 from bench.cli import main
 from bench.errors import ConfigError
-from bench.perf import PerfConfig, measure_bare, run_perf
+from bench.perf import PerfConfig, measure_bare, render_text, run_perf
 from bench.runner import images_trained, resolve_speed
 
 TINY = [
@@ -52,6 +53,18 @@ def test_perf_text_and_no_augmented(capsys):
     assert "dataloader" not in out
 
 
+def test_perf_without_albumentations_skips_the_peer_and_says_why(monkeypatch, capsys):
+    # albumentations is the perf extra's: without it the augmented pair is skipped, not failed.
+    monkeypatch.setitem(sys.modules, "albumentations", None)  # import fails, find_spec: None
+    assert main(["perf", "segnet_basic", *TINY, "--repeats", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert "augmented_ratio" not in result and "dataloader" not in result["samples"]
+    assert "albumentations is not installed" in result["augmented_skipped"]
+    assert ".[perf]" in result["augmented_skipped"] and "--no-augmented" in captured.err
+    assert "augmented comparison skipped" in render_text(result)
+
+
 def test_perf_bad_options_name_the_option():
     with pytest.raises(ConfigError, match="--width"):
         run_perf(PerfConfig(width=0))
@@ -85,3 +98,44 @@ def test_bare_loop_trains(monkeypatch):
     rate = measure_bare(config, split, torch.device("cpu"), speed, "bce")
     assert rate > 0
     assert len(steps) == 2 * -(-images_trained(len(split.train), 8) // 8)
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"device": "tpu"}, "--device must be one of auto, cpu, cuda, mps"),
+        ({"repeats": 0}, "--repeats must be positive"),
+        ({"seed": -1}, "--seed must be in 0..4294967295"),
+        ({"dataset": "folder:x"}, "--dataset must be one of synthetic, wbc1"),
+    ],
+)
+def test_perf_options_are_checked_as_run_options(values, match):
+    """PerfConfig is declared and validated like RunConfig (bench.config.option metadata)."""
+    from bench.config import build_perf_config
+
+    with pytest.raises(ConfigError, match=match):
+        build_perf_config(values)
+
+
+def test_harness_trains_with_the_protocols_learning_rate(monkeypatch):
+    """measure_harness takes its settings from CellSettings.from_config: the protocol's lr."""
+    from types import SimpleNamespace
+
+    from bench import perf
+    from bench.protocols import get_protocol
+
+    seen = []
+
+    def fake_train_cell(architecture, seed, fold, split, settings, device):
+        seen.append(settings)
+        return SimpleNamespace(status="ok", images_per_second=1.0, error=None)
+
+    monkeypatch.setattr(perf, "train_cell", fake_train_cell)
+    split = SimpleNamespace(protocol="clean", fold=0)
+    config = PerfConfig(width=0.0625, epochs=1, batch_size=8, seed=3)
+    assert perf.measure_harness(config, split, torch.device("cpu"), "cross_entropy") == 1.0
+    (settings,) = seen
+    assert settings.lr == get_protocol("clean").defaults.lr
+    assert (settings.epochs, settings.batch_size, settings.width) == (1, 8, 0.0625)
+    assert settings.loss == "cross_entropy" and settings.progress is False
+    assert not settings.deterministic and settings.num_classes == 3

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,18 +14,16 @@ import torch
 from torch import nn
 
 import architectures
+from architectures import registry
+from architectures.registry import Registry
 from bench.errors import ArchitectureError
 
 PLUGINS = Path(__file__).parent / "plugins"
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def clean_plugins() -> Iterator[None]:
-    """Every test starts and ends with no plugin registered."""
-    architectures._reset_plugins_for_tests()
-    yield
-    architectures._reset_plugins_for_tests()
+# Every test starts with the built-ins and no plugin, and what it registers is forgotten.
+pytestmark = pytest.mark.usefixtures("fresh_registry")
 
 
 def _forward_shape(name: str) -> tuple[int, ...]:
@@ -55,12 +52,44 @@ def test_decorator_registers_a_class_with_its_docstring() -> None:
         def __init__(self, num_classes: int = 3, in_channels: int = 3, width: float = 1.0):
             super().__init__(in_channels, num_classes, 1)
 
+    spec = architectures.get_spec("test_decorated_class")
+    assert (spec.source, spec.description) == ("builtin", "A 1x1 conv.")
+    assert _forward_shape("test_decorated_class") == (2, 3, 64, 64)
+
+
+# ------------------------------------------------------------- the registry object
+
+
+def test_fresh_registry_fixture_is_the_default_with_the_builtins_only(
+    fresh_registry: Registry,
+) -> None:
+    assert registry.default is fresh_registry
+    assert {"unet_thesis", "segnet_basic", "deconvnet", "smp_unet"} <= set(
+        architectures.available()
+    )
+    assert not [s for s in fresh_registry.specs() if s.source.startswith("plugin:")]
+
+
+def test_a_registry_loads_plugin_files_into_itself(fresh_registry: Registry) -> None:
+    other = Registry(fresh_registry.specs())
     try:
-        spec = architectures.get_spec("test_decorated_class")
-        assert (spec.source, spec.description) == ("builtin", "A 1x1 conv.")
-        assert _forward_shape("test_decorated_class") == (2, 3, 64, 64)
+        assert other.load_plugin_file(PLUGINS / "good_plugin.py") == ["test_good_plugin_net"]
+        assert other.get_spec("test_good_plugin_net").source == "plugin:good_plugin.py"
+        assert other.get_spec("unet_thesis") is fresh_registry.get_spec("unet_thesis")
+        assert "test_good_plugin_net" not in architectures.available()  # not the default's
+        model = other.build("test_good_plugin_net", width=0.5)
+        other.check_output_shape("test_good_plugin_net", model, size=(64, 64))
     finally:
-        architectures._unregister("test_decorated_class")
+        for name in other.plugin_modules:
+            sys.modules.pop(name, None)
+
+
+def test_a_registry_refuses_duplicate_specs() -> None:
+    spec = architectures.get_spec("unet_thesis")
+    with pytest.raises(ArchitectureError, match="'unet_thesis' is registered twice"):
+        Registry([spec, spec])
+    with pytest.raises(ArchitectureError, match="invalid architecture name"):
+        Registry().register("not a name")
 
 
 # ------------------------------------------------------------- 2. an installed distribution
@@ -87,7 +116,6 @@ def test_entry_point_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         check=True,
     )
     monkeypatch.syspath_prepend(str(target))
-    architectures._reset_plugins_for_tests()
 
     assert "example_tiny_fcn" in architectures.available()
     assert architectures.get_spec("example_tiny_fcn").source == "plugin:bench-example-plugin"
@@ -118,7 +146,6 @@ def test_broken_entry_points_are_skipped_and_reported(
         (PLUGINS / "good_plugin.py").read_text().replace("test_good", "ep_good")
     )
     monkeypatch.syspath_prepend(str(site))
-    architectures._reset_plugins_for_tests()
 
     with pytest.warns(UserWarning) as record:
         names = architectures.available()
@@ -147,14 +174,9 @@ def test_entry_point_module_imported_before_the_registry_looks(
         (PLUGINS / "good_plugin.py").read_text().replace("test_good", "early")
     )
     monkeypatch.syspath_prepend(str(site))
-    architectures._reset_plugins_for_tests()
     importlib.import_module("bench_early_ep")  # e.g. a notebook importing the plugin first
-    try:
-        assert architectures.get_spec("early_plugin_net").source == "plugin:early-dist"
-        assert architectures.plugin_errors() == {}
-    finally:
-        architectures._unregister("early_plugin_net")
-        sys.modules.pop("bench_early_ep", None)
+    assert architectures.get_spec("early_plugin_net").source == "plugin:early-dist"
+    assert architectures.plugin_errors() == {}
 
 
 # ------------------------------------------------------------- 3. a file
@@ -283,7 +305,6 @@ def test_entry_point_calling_sys_exit_is_skipped(
     _fake_distribution(site, "exiting-dist", {"exiting": "bench_exiting_ep"})
     (site / "bench_exiting_ep.py").write_text("import sys\nsys.exit(0)\n")
     monkeypatch.syspath_prepend(str(site))
-    architectures._reset_plugins_for_tests()
     with pytest.warns(UserWarning, match="exiting-dist.*SystemExit"):
         names = architectures.available()
     assert "unet_thesis" in names
@@ -297,6 +318,5 @@ def test_entry_point_interrupted_at_import_names_it(
     _fake_distribution(site, "hanging-dist", {"hanging": "bench_hanging_ep"})
     (site / "bench_hanging_ep.py").write_text("raise KeyboardInterrupt\n")
     monkeypatch.syspath_prepend(str(site))
-    architectures._reset_plugins_for_tests()
     with pytest.raises(ArchitectureError, match=r"interrupted \(Ctrl-C\).*'hanging-dist'"):
         architectures.available()

@@ -8,7 +8,14 @@ import pytest
 
 from bench.data import load_dataset
 from bench.errors import ConfigError
-from bench.protocols import IGNORE_INDEX, PROTOCOLS, get_protocol, split_sizes, thesis_augment
+from bench.protocols import (
+    IGNORE_INDEX,
+    PROTOCOLS,
+    dataset_info,
+    get_protocol,
+    split_sizes,
+    thesis_augment,
+)
 
 # The thesis split's 30 test images on wbc1, in split order: computed once from the seed-2
 # shuffle and pinned here, so that any change to the shuffle (seed, order of the 448, test
@@ -207,6 +214,14 @@ def test_split_sizes_name_the_protocols_a_small_dataset_cannot_split():
     sizes = split_sizes(SegmentationDataset("toy", ("a", "b", "c"), (0, 128, 255), samples))
     assert sizes["clean"] == "unavailable: cannot make 5 folds from 3 images"
     assert sizes["thesis"]["test"] == 1 and sizes["thesis-noleak"]["train"] == 4
+
+
+def test_dataset_info_lists_the_split_sizes_beside_the_data():
+    dataset = load_dataset("synthetic", synthetic_count=10, synthetic_size=32)
+    info = dataset_info(dataset)
+    assert list(info) == ["name", "count", "sizes", "class_fractions", "protocols", "warnings"]
+    assert info["count"] == 10 and info["sizes"] == {"32x32": 10}
+    assert info["protocols"] == split_sizes(dataset)
 
 
 def test_data_info_json_lists_every_protocol(wbc_dir, capsys):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- adding-an-architecture:start -->", "<!-- adding-an-architecture:end -->"
 
 
-@pytest.fixture(autouse=True)
-def clean_plugins() -> Iterator[None]:
-    architectures._reset_plugins_for_tests()
-    yield
-    architectures._reset_plugins_for_tests()
+# The example's plugin is forgotten after the test (a fresh registry per test).
+pytestmark = pytest.mark.usefixtures("fresh_registry")
 
 
 def _readme_example() -> str:

@@ -13,7 +13,7 @@ import torch
 from bench import runner
 from bench.cli import main
 
-from tiny_runs import run_argv
+from tiny_runs import on_epoch_end, run_argv
 
 ARGV = run_argv("unet_thesis", seeds=[0, 1], epochs=3, deterministic=True)
 METRICS = ("jaccard", "dice", "accuracy", "jaccard_legacy")
@@ -61,7 +61,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(
         if result.seed == 1 and epoch == 1:
             raise runner.CellInterrupted()
 
-    monkeypatch.setattr(runner, "_after_epoch_hook", cut)
+    on_epoch_end(monkeypatch, cut)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     assert main(argv) == 130
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
@@ -73,7 +73,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(
     assert state["epoch"] == 1 and len(state["history"]) == 2
 
     seen = []
-    monkeypatch.setattr(runner, "_after_epoch_hook", lambda r, e: seen.append((r.seed, e)))
+    on_epoch_end(monkeypatch, lambda r, e: seen.append((r.seed, e)))
     assert main(argv) == 0
     assert seen == [(1, 2), (1, 3)]  # seed 0 skipped, seed 1 continued from epoch 2
     assert not checkpoint.exists()

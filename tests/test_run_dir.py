@@ -22,7 +22,7 @@ from bench.cli import main
 from bench.run_dir import ERROR_TEXT_LIMIT, CellRecord, RunDir, cap_text, read_csv
 from bench.suite import new_default_out_dir
 
-from tiny_runs import run_argv
+from tiny_runs import on_epoch_end, run_argv
 
 ARGV = run_argv("segnet_basic", seeds=[0, 1], epochs=1, deterministic=True)
 
@@ -136,12 +136,12 @@ def test_a_resumed_cell_counts_the_time_of_every_invocation(tmp_path, monkeypatc
         if epoch == 1:
             raise runner.CellInterrupted()
 
-    monkeypatch.setattr(runner, "_after_epoch_hook", cut)
+    on_epoch_end(monkeypatch, cut)
     assert main(argv) == 130
     checkpoint = out / "resume" / "segnet_basic_seed0_fold0.pt"
     earlier = torch.load(checkpoint, weights_only=True)["elapsed_seconds"]
     assert earlier > 0
-    monkeypatch.setattr(runner, "_after_epoch_hook", None)
+    on_epoch_end(monkeypatch, None)
     assert main(argv) == 0
     (cell,) = rows(out / "cells.csv")
     assert float(cell["total_seconds"]) > earlier

@@ -54,6 +54,47 @@ def test_bootstrap_is_seeded_and_covers_the_median():
     assert first[0] <= np.median(differences) <= first[1]
 
 
+def test_holm_is_the_step_down_maximum():
+    # statsmodels' multipletests(method="holm") and the textbook: sort the m p-values,
+    # multiply the i-th smallest (i from 0) by m - i, carry the running maximum, cap at 1.
+    assert stats.holm([0.01, 0.02, 0.03, 0.04, 0.05]) == pytest.approx(
+        [0.05, 0.08, 0.09, 0.09, 0.09]
+    )
+    rng = np.random.default_rng(3)
+    for m in (1, 2, 5, 12):
+        p = rng.uniform(0, 0.3, m)
+        p[rng.integers(0, m)] = p[0]  # a tie
+        order = np.argsort(p, kind="stable")
+        expected = np.minimum(1, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+        adjusted = np.empty(m)
+        adjusted[order] = expected
+        assert stats.holm(list(p)) == pytest.approx(list(adjusted))
+
+
+@pytest.mark.parametrize("n", [2, 30, 300])
+def test_bootstrap_equals_scipy_percentile_bootstrap_of_the_median(n):
+    # The same resamples as scipy.stats.bootstrap (one sample, percentile method, the same
+    # Generator): bench.stats keeps its own for the reasons in its module docstring.
+    rng = np.random.default_rng(n)
+    for differences in (rng.normal(-0.02, 0.05, n), np.round(rng.normal(0, 0.05, n), 2)):
+        scipy_ci = scipy_stats.bootstrap(
+            (differences,),
+            np.median,
+            n_resamples=stats.BOOTSTRAP_RESAMPLES,
+            vectorized=True,
+            method="percentile",
+            rng=np.random.default_rng(stats.BOOTSTRAP_SEED),
+        ).confidence_interval
+        low, high = stats.bootstrap_median_ci(differences)
+        assert low == pytest.approx(scipy_ci.low, abs=1e-12)
+        assert high == pytest.approx(scipy_ci.high, abs=1e-12)
+
+
+def test_bootstrap_of_one_paired_image_is_that_image():
+    # scipy.stats.bootstrap refuses one observation; a comparison on one image must not fail.
+    assert stats.bootstrap_median_ci(np.array([0.25])) == (0.25, 0.25)
+
+
 def test_mean_ranks_average_ties():
     scores = {"a": {("0", "x"): 0.9, ("0", "y"): 0.5}, "b": {("0", "x"): 0.8, ("0", "y"): 0.5}}
     assert stats.mean_ranks(scores) == {"a": 1.25, "b": 1.75}

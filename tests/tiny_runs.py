@@ -1,14 +1,19 @@
 """Tiny training runs for tests: the shared defaults in one place.
 
 ``run_argv("unet_thesis", seeds=[0, 1], out=path)`` gives ``bench run`` arguments for a small
-synthetic run; ``cell_settings(epochs=1)`` the runner's settings for one such cell.
+synthetic run; ``cell_settings(epochs=1)`` the runner's settings for one such cell;
+``on_epoch_end(monkeypatch, callback)`` has ``bench run`` call ``callback`` after each epoch.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from bench.runner import CellSettings
+import pytest
+
+from bench import runner
+from bench.runner import CellSettings, EpochCallback
 
 # Small enough for seconds per cell on 2 CPU cores; three folds so a fold has test images.
 RUN_DEFAULTS: dict[str, Any] = {
@@ -77,3 +82,16 @@ def cell_settings(**overrides: Any) -> CellSettings:
         "progress": False,
     }
     return CellSettings(**{**values, **overrides})
+
+
+def on_epoch_end(monkeypatch: pytest.MonkeyPatch, callback: EpochCallback | None) -> None:
+    """Have ``bench run`` (``bench.cli.main``, local executor) train its cells with
+    ``train_cell(..., on_epoch_end=callback)``; None: without a callback again.
+
+    The callback gets (result so far, epoch) after each epoch's checkpoint is written;
+    raising ``runner.CellInterrupted`` there cuts the cell at that exact epoch.
+    """
+    train = runner.train_cell
+    if callback is not None:
+        train = functools.partial(runner.train_cell, on_epoch_end=callback)
+    monkeypatch.setattr("bench.suite.train_cell", train)

@@ -12,9 +12,9 @@ Departures from the annex (none change the layers or the parameter count):
 
 * ``Adam(learning_rate=1e-4)``: Keras 3 no longer accepts the annex's ``lr=`` alias;
 * ``width`` scales every filter count with ``max(1, round(c * width))``, exactly as
-  ``architectures._scaled`` does for ``unet_thesis`` (the annex's ``filters=64`` argument would
-  give ``filters * 2`` etc., which rounds differently at some widths); ``num_classes`` replaces
-  the annex's ``nclasses``. Width 1.0 is the annex model.
+  ``architectures.layers.scaled`` does for ``unet_thesis`` (the annex's ``filters=64``
+  argument would give ``filters * 2`` etc., which rounds differently at some widths);
+  ``num_classes`` replaces the annex's ``nclasses``. Width 1.0 is the annex model.
 
 This module imports TensorFlow only; it never imports torch, so a Keras run is not slowed by a
 second thread pool. Run it to print the trainable parameter count (26,230,851 at width 1.0).
@@ -39,7 +39,7 @@ MIN_CHANNELS = 16  # architectures.MIN_CHANNELS
 
 
 def scaled(channels: int, width: float) -> int:
-    """Filters at ``width``; the same rounding and floor as ``architectures._scaled``."""
+    """Filters at ``width``; the same rounding and floor as ``architectures.layers.scaled``."""
     return max(min(channels, MIN_CHANNELS), round(channels * width))
 
 
