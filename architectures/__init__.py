@@ -36,6 +36,7 @@ from architectures.registry import (
     plugin_errors,
     register_architecture,
 )
+from architectures.smp_baselines import check_encoder_weights
 
 __all__ = [
     "BUILTIN_MODULES",
@@ -45,6 +46,7 @@ __all__ = [
     "architecture_options",
     "available",
     "build",
+    "check_encoder_weights",
     "check_output_shape",
     "count_parameters",
     "forward_gflops",

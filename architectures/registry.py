@@ -511,9 +511,14 @@ def get_spec(name: str) -> ArchitectureSpec:
     return default.get_spec(name)
 
 
-def architecture_options(name: str, encoder: str) -> dict[str, Any]:
-    """The options ``bench run`` builds ``name`` with: the encoder, for the smp baselines."""
-    return {"encoder": encoder} if get_spec(name).source == "smp" else {}
+def architecture_options(
+    name: str, encoder: str, encoder_weights: str | None = None
+) -> dict[str, Any]:
+    """The options ``bench run`` builds ``name`` with: for the smp baselines the encoder and
+    its pretrained weights (``None``: random initialisation); nothing for the others."""
+    if get_spec(name).source != "smp":
+        return {}
+    return {"encoder": encoder, "encoder_weights": encoder_weights}
 
 
 def build(

@@ -6,8 +6,19 @@ reference points, each registered as ``smp_<architecture lower-case>`` with ``so
 Options: ``encoder`` (default ``"resnet34"``, any smp encoder name or ``"tu-<timm model>"``),
 ``encoder_weights`` (default ``None``: random initialisation, as the thesis's models; pass
 ``"imagenet"`` to download pretrained weights, and a failed download is an
-:class:`ArchitectureError` suggesting ``encoder_weights=None``); any other keyword is passed to
-the smp class unchanged (e.g. ``encoder_depth``, ``decoder_attention_type``).
+:class:`ArchitectureError` naming the cache to fill and suggesting ``encoder_weights=None``);
+any other keyword is passed to the smp class unchanged (e.g. ``encoder_depth``,
+``decoder_attention_type``).
+
+Pretrained weights: smp fetches its own encoders' weights from the Hugging Face Hub
+(``smp-hub/<encoder>.<weights>`` at a pinned revision) into the Hugging Face cache
+(``~/.cache/huggingface/hub``; ``HF_HUB_CACHE`` or ``HF_HOME`` move it), and a ``tu-`` encoder's
+through timm (the Hugging Face cache, or torch hub's for older timm models); the weights of a
+``tu-`` encoder are timm's default pretrained tag of the model named, whatever
+``encoder_weights`` says. Once cached they load without network. Offline, a download fails only
+after huggingface_hub's retries (25 s on a machine without DNS, longer where connections time
+out), so ``bench run`` fetches them once before training with :func:`check_encoder_weights`
+instead of letting every cell fail.
 
 ``width`` scales the decoder's channel counts (round(c * width)) with the built-ins' channel
 floor, ``architectures.MIN_CHANNELS`` = 16 (``architectures.layers.scaled``, the same as the
@@ -49,13 +60,15 @@ after a global pooling, so training needs batches of at least 2 images.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 from architectures.layers import _crop_or_pad_to, _pad_to_multiple, scaled
-from architectures.registry import register_architecture
+from architectures.registry import get_spec, register_architecture
 from bench.config import encoder_problem
 from bench.errors import ArchitectureError
 
@@ -133,7 +146,18 @@ class SmpSegmenter(nn.Module):
 
 def _is_download_error(error: BaseException) -> bool:
     """Did building fail while fetching weights (network, hub, cache), not for another reason?"""
-    modules = ("huggingface_hub", "requests", "urllib3", "httpx", "urllib", "timm", "socket")
+    modules = (
+        "huggingface_hub",
+        "requests",
+        "urllib3",
+        "httpx",
+        "httpx2",
+        "httpcore",
+        "httpcore2",
+        "urllib",
+        "timm",
+        "socket",
+    )
     for current in (error, error.__cause__, error.__context__):
         if current is None:
             continue
@@ -142,6 +166,62 @@ def _is_download_error(error: BaseException) -> bool:
         if type(current).__module__.split(".")[0] in modules:
             return True
     return False
+
+
+def weights_caches(encoder: str) -> list[str]:
+    """Where ``encoder``'s pretrained weights are cached once downloaded (as configured now):
+    the Hugging Face cache, and for a ``tu-`` (timm) encoder also torch hub's."""
+    from huggingface_hub import constants
+
+    caches = [str(constants.HF_HUB_CACHE)]
+    if encoder.startswith("tu-"):
+        caches.append(f"{torch.hub.get_dir()}/checkpoints")
+    return caches
+
+
+def download_failure(encoder: str, encoder_weights: str, error: BaseException) -> str:
+    """What to do when ``encoder_weights`` of ``encoder`` cannot be downloaded (no network, a
+    proxy, a hub that is down): fill the cache where there is network, or train without."""
+    caches = " or ".join(weights_caches(encoder))
+    causes = [error] + [e for e in (error.__cause__,) if e is not None]
+    detail = "; ".join(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}" for e in causes)
+    return (
+        f"cannot download {encoder_weights} weights for {encoder} (no network?): run once with "
+        f"network access to fill the cache at {caches} (or copy it from a machine that has "
+        "it), or train from random initialisation: leave out --encoder-weights (in Python: "
+        f"encoder_weights=None). The download failed with {detail}"
+    )
+
+
+def check_encoder_weights(names: Iterable[str], encoder: str, encoder_weights: str | None) -> None:
+    """Fetch the pretrained encoder weights the smp baselines among ``names`` will load, once,
+    before any training: a download that fails (offline) is then one clear
+    :class:`ArchitectureError` at the start instead of one failed cell per smp baseline, and
+    the cells read the weights from the cache.
+
+    Nothing to do without weights (``None``) or without an smp baseline in ``names``. Weights
+    ``encoder`` does not have are an error naming the ones it has. The encoder is built with
+    smp's defaults (depth 5, stride 32), which fetches exactly the files the models fetch;
+    another failure of that build is left to the cells, which report it per architecture
+    with their own settings. Ray workers on other machines use their own caches.
+    """
+    if encoder_weights is None:
+        return
+    smp_names = [name for name in names if get_spec(name).source == "smp"]
+    if not smp_names:
+        return
+    _check_encoder(smp_names[0], encoder, encoder_weights)
+    from segmentation_models_pytorch.encoders import get_encoder
+
+    try:
+        with warnings.catch_warnings():
+            # tu- encoders: smp warns that timm's name, not the weights name, picks the tag
+            # (the module docstring says so; each model's build still warns)
+            warnings.filterwarnings("ignore", message="For 'tu-'", category=UserWarning)
+            get_encoder(encoder, in_channels=3, depth=5, weights=encoder_weights)
+    except Exception as error:
+        if _is_download_error(error):
+            raise ArchitectureError(download_failure(encoder, encoder_weights, error)) from error
 
 
 def _check_encoder(arch_name: str, encoder: str, encoder_weights: str | None) -> None:
@@ -186,9 +266,7 @@ def _build_smp(
     except Exception as error:
         if encoder_weights is not None and _is_download_error(error):
             raise ArchitectureError(
-                f"{name}: the {encoder_weights!r} weights of encoder {encoder!r} could not be "
-                f"downloaded ({type(error).__name__}: {error}); pass encoder_weights=None to "
-                "train from random initialisation"
+                f"{name}: {download_failure(encoder, encoder_weights, error)}"
             ) from error
         raise
     stride = int(model.encoder.output_stride)

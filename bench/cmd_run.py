@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from bench.config import RunConfig, add_arguments, build_config, values_from_args
@@ -40,19 +41,26 @@ def run_command(args: argparse.Namespace) -> int:
 
     values = values_from_args(args, RunConfig)
     config = build_config(values, args.config)
+    if config.dry_run:  # the plan and a time estimate; nothing is trained or written
+        from bench.suite import dry_run
+
+        dry_run(config)
+        return 0
     try:
         outcome = run_suite(config, argv=sys.argv[1:] if args.argv is None else args.argv)
     except SuiteInterrupted as stopped:
+        out = shlex.quote(str(stopped.out_dir))
         print(
-            f"bench: interrupted; finished cells are in {stopped.out_dir}. Resume with:\n"
-            f"  {stopped.command}",
+            f"bench: interrupted; the finished cells are in {out} (`bench report {out}` "
+            f"renders their report). Resume with:\n  {stopped.command}",
             file=sys.stderr,
         )
         return 130
     print(f"results: {outcome.out_dir}/report.md")
     if outcome.failed:
         names = ", ".join(sorted({c.row["architecture"] for c in outcome.failed}))
-        print(f"{len(outcome.failed)} run(s) failed: {names} (see summary.csv)", file=sys.stderr)
+        runs = f"{len(outcome.failed)} run{'s' if len(outcome.failed) != 1 else ''}"
+        print(f"{runs} failed: {names} (see summary.csv)", file=sys.stderr)
     return outcome.exit_code
 
 

@@ -34,6 +34,8 @@ NOT_COMPARED = frozenset(
         "all",
         "plugins",
         "encoder",
+        "encoder_weights",
+        "track",
         "out",
         "config",
         "progress",

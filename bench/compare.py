@@ -58,6 +58,7 @@ _PLACEMENT_KEYS = {
     "cpus_per_task",
     "gpus_per_task",
     "host_memory",
+    "track",
 }
 
 

@@ -40,6 +40,9 @@ EXECUTORS = ("local", "ray")
 AMP_MODES = ("auto", "off", "bf16", "fp16")  # auto: bf16 on CUDA, off elsewhere
 SWITCHES = ("auto", "on", "off")
 DEFAULT_ENCODER = "resnet34"  # smp always has it: validating it needs no import of smp
+# --track: experiment trackers, each with (the package it needs, the extra that installs it).
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tracking")}
+TRACKERS = tuple(TRACKER_PACKAGES)
 # --lr-search's default grid: half-decade steps centred on Adam's own default, 1e-3. The
 # protocols' 1e-4 is the thesis's choice and slow for their budget (30 epochs of ~12 steps on
 # wbc1's clean folds); --lr-grid 1e-4,3e-4,1e-3,3e-3 adds it back, at one more training.
@@ -247,6 +250,29 @@ def check_encoder(name: str, encoder: str) -> None:
             raise ConfigError(f"{_option(name)}: {problem}")
 
 
+def check_encoder_weights_name(name: str, weights: str) -> None:
+    """A weights name is a word (``imagenet``, ``ssl``); whether the encoder has such weights
+    is asked from smp before training (``architectures.check_encoder_weights``)."""
+    if not weights.strip() or weights != weights.strip():
+        raise ConfigError(
+            f"{_option(name)} must be a weights name such as imagenet (got {weights!r}); "
+            "leave it out for random initialisation"
+        )
+
+
+def check_tracker(name: str, tracker: str) -> None:
+    """The tracker's package must be installed: said at startup, not after the first cell."""
+    import importlib.util
+
+    package, extra = TRACKER_PACKAGES[tracker]
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(
+            f"{_option(name)} {tracker} needs the {package} package, which is not installed: "
+            f"pip install 'wbc-seg-bench[{extra}]' (from a clone: pip install -c "
+            f"constraints.txt -e '.[{extra}]')"
+        )
+
+
 def encoder_problem(encoder: str) -> str | None:
     """Why smp cannot build ``encoder`` (with close matches), or ``None`` if it can.
 
@@ -350,6 +376,24 @@ class RunConfig:
         "encoder of the smp_* baselines (default resnet34)",
         check=(check_encoder,),
     )
+    # Pretrained weights of that encoder; None: random initialisation, as the thesis's
+    # models. Fetched once before training (architectures.check_encoder_weights), then
+    # read from the Hugging Face cache by every cell; recorded per architecture too.
+    encoder_weights: str | None = option(
+        None,
+        "pretrained weights of the smp_* baselines' encoder, e.g. imagenet (default: none, "
+        "random initialisation); downloaded once into the Hugging Face cache",
+        metavar="NAME",
+        check=(check_encoder_weights_name,),
+    )
+    # Experiment tracking; writes beside the run's files, never changes a result.
+    track: str | None = option(
+        None,
+        "also write each finished cell's curves, configuration and results as TensorBoard "
+        "event files under RUN_DIR/tensorboard/ (needs the [tracking] extra)",
+        choices=TRACKERS,
+        check=(check_tracker,),
+    )
     device: str = option("auto", "default auto: cuda, then mps, then cpu", choices=DEVICES)
     deterministic: bool = option(False, "deterministic algorithms (slower; exact reruns on CPU)")
     max_images: int | None = option(None, "use only the first N images", check=(at_least(2),))
@@ -365,7 +409,20 @@ class RunConfig:
         action="append",
         metavar="FILE",
     )
-    progress: str = option("auto", "progress bars (auto: only on a terminal)", choices=SWITCHES)
+    # Without bars (off, or auto with stderr not a terminal: nohup, CI) the local executor
+    # logs a line per epoch instead (bench.executors.CellProgress).
+    progress: str = option(
+        "auto",
+        "progress bars (auto: only on a terminal); without bars, a log line per epoch with "
+        "the cell counter and a rough suite ETA",
+        choices=SWITCHES,
+    )
+    # Not part of a run's configuration: bench.suite leaves it out of config.json.
+    dry_run: bool = option(
+        False,
+        "print the plan and a rough time estimate (a few training steps of each architecture "
+        "timed on the chosen device), then exit: nothing is trained or written",
+    )
     # Speed options; each can change results within floating-point noise, so a resumed run
     # must use the same ones.
     amp: str = option(

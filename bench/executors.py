@@ -14,6 +14,10 @@ Mid-cell epoch checkpoints are written only by tasks that can see the run direct
 driver's path (same machine, or a shared filesystem mounted there); elsewhere an
 interrupted cell restarts from its first epoch, which gives the same numbers.
 
+Progress: the local executor prints a ``[cell k/N]`` line as each cell starts and, without
+progress bars, a line per epoch with a rough suite ETA (:class:`CellProgress`); Ray tasks
+print nothing (their output would interleave): the driver counts cells as they finish.
+
 Threads: on a CPU the number of torch intra-op threads decides how kernels split their
 sums, so it changes the numbers. Under ``--deterministic`` it is therefore part of the
 run's configuration (:func:`resolve_threads`): both executors train every cell with that
@@ -25,17 +29,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import logging
 import os
 import signal
 import socket
+import statistics
 import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import torch
 
@@ -75,6 +81,10 @@ class CellJob:
     def where(self) -> str:
         return f"seed {self.seed}" + (f", fold {self.fold}" if self.fold is not None else "")
 
+    def label(self) -> str:
+        """``unet_thesis seed 1 fold 0`` (no fold for a fixed split), for progress lines."""
+        return f"{self.architecture} {self.where().replace(',', '')}"
+
 
 class Executor(Protocol):
     def run(
@@ -91,12 +101,141 @@ class Executor(Protocol):
         ...
 
 
+def lr_search_factor(settings: CellSettings) -> float:
+    """Trainings a cell costs: --lr-search trains each rate of its grid on 80 % of the
+    training images for the full epochs before the cell itself (see the README)."""
+    return 1 + 0.8 * len(settings.lr_grid) if settings.lr_grid else 1.0
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def format_duration(seconds: float) -> str:
+    """``4.2 s``, ``42 s``, ``14 min``, ``3.5 h``, ``2.1 days``: as precise as an estimate
+    deserves."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+class CellProgress:
+    """What the local executor says while its cells train, on stderr.
+
+    At each cell's start a ``[cell k/N]`` line; after each epoch, when progress bars are
+    off (``lines``), a line with the epoch's losses and seconds. Both carry a rough suite
+    ETA once an epoch has been timed: the median seconds per epoch of the cell's
+    architecture (the mean over the architectures seen, for one not yet seen) × the epochs
+    left in this cell and the cells after it. Every line is flushed, so a log file (nohup,
+    CI, a cluster job) sees it when it happens, not when the cell ends.
+
+    ``total``: the suite's cells, done ones included, so that ``k`` counts from the cells
+    an earlier invocation finished.
+    """
+
+    def __init__(self, total: int, lines: bool, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.lines = lines
+        self.stream = stream  # None: sys.stderr when printing (tests capture it)
+        self.epoch_seconds: dict[str, list[float]] = {}  # architecture -> per epoch
+
+    def counter(self, jobs: Sequence[CellJob], index: int) -> str:
+        return f"[cell {self.total - len(jobs) + index + 1}/{self.total}]"
+
+    def eta_seconds(self, jobs: Sequence[CellJob], index: int, epoch: int) -> float | None:
+        """Seconds left for ``jobs[index]`` after ``epoch`` and the jobs after it; None
+        before any epoch was timed."""
+        if not self.epoch_seconds:
+            return None
+        per_epoch = {name: statistics.median(s) for name, s in self.epoch_seconds.items()}
+        unseen = statistics.fmean(per_epoch.values())
+        current = jobs[index]
+        # Before its first epoch a cell still has its learning-rate search ahead.
+        factor = lr_search_factor(current.settings) if epoch == 0 else 1.0
+        left = (
+            (current.settings.epochs - epoch) * factor * per_epoch.get(current.architecture, unseen)
+        )
+        for job in jobs[index + 1 :]:
+            left += (
+                job.settings.epochs
+                * lr_search_factor(job.settings)
+                * per_epoch.get(job.architecture, unseen)
+            )
+        return left
+
+    def eta_text(self, jobs: Sequence[CellJob], index: int, epoch: int) -> str:
+        left = self.eta_seconds(jobs, index, epoch)
+        if left is None:
+            return ""
+        if left <= 0:
+            return "; last epoch of the suite"
+        return f"; suite ETA ~{format_duration(left)} (rough)"
+
+    def cell_started(self, jobs: Sequence[CellJob], index: int) -> None:
+        job = jobs[index]
+        self._print(
+            f"{self.counter(jobs, index)} {job.label()}: {plural(job.settings.epochs, 'epoch')}"
+            + self.eta_text(jobs, index, 0)
+        )
+
+    def epoch_ended(
+        self, jobs: Sequence[CellJob], index: int, result: CellResult, epoch: int
+    ) -> None:
+        """An ``on_epoch_end`` callback (with ``jobs`` and ``index`` bound)."""
+        job = jobs[index]
+        rows = [row for row in result.history if row.get("epoch") == epoch]
+        # The epoch's training and test evaluation, as its history rows timed them.
+        seconds = sum(row.get("seconds") or 0.0 for row in rows)
+        self.epoch_seconds.setdefault(job.architecture, []).append(seconds)
+        if not self.lines:
+            return  # the progress bars show it
+        dice = next((r.get("dice") for r in rows if r.get("split") == "test"), None)
+        self._print(
+            f"{self.counter(jobs, index)} {job.label()}: epoch {epoch}/{job.settings.epochs}, "
+            f"train loss {result.train_loss:.4f}, test acc {result.test_accuracy:.4f}, "
+            + (f"test Dice {dice:.4f}, " if dice is not None else "")
+            + f"{seconds:.1f} s"
+            + self.eta_text(jobs, index, epoch)
+        )
+
+    def _print(self, line: str) -> None:
+        # A closed or broken stderr must not fail the cell this is called from.
+        with contextlib.suppress(OSError, ValueError):
+            print(line, file=self.stream or sys.stderr, flush=True)
+
+
+def with_epoch_callback(
+    train: Callable[..., CellResult], callback: Callable[[CellResult, int], None]
+) -> dict[str, Any]:
+    """The ``on_epoch_end`` keyword that runs ``callback`` and then any callback ``train``
+    already carries (``functools.partial(train_cell, on_epoch_end=...)``, as tests make):
+    a keyword given at the call would replace the partial's. Ours runs first, so an epoch
+    that the other cuts (CellInterrupted) is still logged; it did finish."""
+    inner = train.keywords.get("on_epoch_end") if isinstance(train, functools.partial) else None
+    if inner is None:
+        return {"on_epoch_end": callback}
+
+    def both(result: CellResult, epoch: int) -> None:
+        callback(result, epoch)
+        inner(result, epoch)
+
+    return {"on_epoch_end": both}
+
+
 class LocalExecutor:
     """The cells one after another in this process, on ``device``.
 
     ``train`` trains one cell (:func:`~bench.runner.train_cell`'s signature). The executor
     owns the :class:`~bench.runner.HeapTrimmer` of its sequence of cells: the free heap
-    goes back between cells of different configurations only.
+    goes back between cells of different configurations only. ``progress``: what to say
+    while cells train (:class:`CellProgress`); None: nothing.
     """
 
     def __init__(
@@ -104,11 +243,13 @@ class LocalExecutor:
         device: Any,
         stop: threading.Event,
         train: Callable[..., CellResult] = train_cell,
+        progress: CellProgress | None = None,
     ) -> None:
         self.device = device
         self.stop = stop
         self.train = train
         self.heap = HeapTrimmer()
+        self.progress = progress
 
     def run(
         self,
@@ -116,9 +257,15 @@ class LocalExecutor:
         splits: Mapping[int | None, ProtocolSplit],
         class_metrics: dict[str, tuple[int, ...]],
     ) -> Iterator[CellResult]:
-        for job in jobs:
+        for index, job in enumerate(jobs):
             if self.stop.is_set():
                 raise CellInterrupted()
+            callback: dict[str, Any] = {}
+            if self.progress is not None:
+                self.progress.cell_started(jobs, index)
+                callback = with_epoch_callback(
+                    self.train, functools.partial(self.progress.epoch_ended, jobs, index)
+                )
             yield self.train(
                 job.architecture,
                 job.seed,
@@ -130,6 +277,7 @@ class LocalExecutor:
                 checkpoint=job.checkpoint,
                 stop=self.stop,
                 heap=self.heap,
+                **callback,
             )
 
     def environment(self) -> dict[str, Any]:
@@ -522,8 +670,17 @@ def make_executor(
     device: Any,
     progress: bool,
     train: Callable[..., CellResult] = train_cell,
+    total_cells: int | None = None,
 ) -> Executor:
-    """The executor ``config.executor`` names (``device`` and ``train`` serve the local one)."""
+    """The executor ``config.executor`` names (``device`` and ``train`` serve the local one).
+
+    ``total_cells``: the suite's cells, done ones included; given, the local executor
+    prints a ``[cell k/N]`` counter, and without progress bars a line per epoch
+    (:class:`CellProgress`). Ray tasks print nothing: the driver counts finished cells.
+    """
     if config.executor == "ray":
         return RayExecutor(config, stop, progress)
-    return LocalExecutor(device, stop, train)
+    cell_progress = None
+    if total_cells is not None:
+        cell_progress = CellProgress(total_cells, lines=not progress)
+    return LocalExecutor(device, stop, train, cell_progress)

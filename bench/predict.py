@@ -348,6 +348,10 @@ def rebuild_model(cell: TrainedCell, weights: Mapping[str, torch.Tensor]) -> tor
         raise ArchitectureError(f"checkpoint {cell.checkpoint}: {error}") from None
     width = float(config.get("width", 1.0))
     options = architecture_options(cell)
+    if options.get("encoder_weights") is not None:
+        # The checkpoint holds every weight: pretrained ones would be overwritten, so they
+        # are not downloaded (which would also fail offline).
+        options["encoder_weights"] = None
     model = architectures.build(
         cell.architecture,
         num_classes=len(cell.class_names),

@@ -4,7 +4,8 @@
 :class:`bench.run_dir.RunDir`) and the saved label maps, and writes the derived tables
 (``cells.csv``, ``history.csv``, ``per_image.csv``, ``summary.csv`` from
 :mod:`bench.aggregate`, ``statistics.csv`` from :mod:`bench.stats`), then ``report.md``,
-``curves_accuracy.png``, ``curves_loss.png`` and ``predictions.png``. Rendering is
+and the figures (:func:`render_figures`: ``curves.png``,
+``curves_loss.png``, ``curves_accuracy.png`` and ``predictions.png``). Rendering is
 deterministic: the same data files give the same ``report.md``, byte for byte.
 """
 
@@ -14,7 +15,10 @@ import csv
 import importlib.resources
 import io
 import math
-from collections.abc import Callable, Sequence
+import re
+import shlex
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +37,6 @@ THESIS_SOURCE = (
     "networks*, master's thesis, 2019 (Keras, free Colab GPU)"
 )
 FLAG_MARK = "⚠"
-# Colours of the thesis's Figure 7: background red, cytoplasm green, nucleus blue.
-CLASS_COLOURS = np.array([[220, 40, 40], [40, 170, 60], [40, 70, 220]], dtype=np.uint8)
 
 
 def load_thesis_reference() -> list[dict[str, str]]:
@@ -67,31 +69,65 @@ def _pm(mean: float | None, sem: float | None) -> str:
     return f"{mean:.4f} ± {sem:.4f}" if sem is not None else f"{mean:.4f}"
 
 
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 epoch``, ``2 epochs``, ``1,069,379 parameters``; ``many`` for an irregular plural."""
+    return f"{count:,} {word if count == 1 else (many or word + 's')}"
+
+
+def _join(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _code(names: Sequence[str]) -> str:
+    return _join([f"`{name}`" for name in names])
+
+
+def device_name(env: dict[str, Any]) -> str:
+    """The recorded device; runs written before the plural was fixed say "(1 threads)"."""
+    return re.sub(r"\(1 threads\)", "(1 thread)", str(env["device_name"]))
+
+
+def is_thesis_reference(meta: dict[str, Any]) -> bool:
+    """Whether the run's protocol is built to compare with the thesis's published rows
+    (``thesis``, ``thesis-noleak``; recorded in config.json from format 2 on)."""
+    protocol = meta["protocol"]
+    return bool(protocol.get("thesis_reference", protocol["name"] in ("thesis", "thesis-noleak")))
+
+
 class Table:
-    """A Markdown table whose numeric columns get their best value in bold."""
+    """A Markdown table whose numeric columns get their best value in bold.
+
+    Reference rows (``add(..., reference=True)``: the thesis's published numbers) are shown
+    but never ranked: they take no part in finding the best value and are never bold.
+    """
 
     def __init__(self, headers: Sequence[str], better: Sequence[str | None]):
         self.headers = list(headers)
         self.better = list(better)  # per column: "max", "min" or None (not ranked)
         self.rows: list[list[tuple[str, float | None]]] = []
+        self.reference: list[bool] = []
 
-    def add(self, cells: Sequence[tuple[str, float | None]]) -> None:
+    def add(self, cells: Sequence[tuple[str, float | None]], reference: bool = False) -> None:
         self.rows.append(list(cells))
+        self.reference.append(reference)
 
     def render(self) -> str:
+        ranked = [row for row, ref in zip(self.rows, self.reference, strict=True) if not ref]
         best: dict[int, float] = {}
         for column, direction in enumerate(self.better):
-            values = [row[column][1] for row in self.rows if row[column][1] is not None]
+            values = [row[column][1] for row in ranked if row[column][1] is not None]
             if direction and values:
                 best[column] = max(values) if direction == "max" else min(values)
         lines = [
             "| " + " | ".join(self.headers) + " |",
             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.headers))) + "|",
         ]
-        for row in self.rows:
+        for row, ref in zip(self.rows, self.reference, strict=True):
             texts = []
             for column, (text, value) in enumerate(row):
-                if column in best and value is not None and value == best[column]:
+                if not ref and column in best and value is not None and value == best[column]:
                     text = f"**{text}**"
                 texts.append(text)
             lines.append("| " + " | ".join(texts) + " |")
@@ -162,6 +198,21 @@ def models_section(
     return ["Models as trained:", "", *lines, ""]
 
 
+def encoder_clause(meta: dict[str, Any]) -> str:
+    """``, smp encoder `resnet18` (no pretrained weights)`` when the run has smp models."""
+    config = meta["config"]
+    notes = meta.get("architectures")
+    if notes is not None:
+        smp = any((note.get("options") or {}).get("encoder") for note in notes.values())
+    else:  # format 1 records no options: the smp baselines are the smp_ names
+        smp = any(name.startswith("smp_") for name in config.get("architectures") or [])
+    if not smp or not config.get("encoder"):
+        return ""
+    weights = config.get("encoder_weights")
+    origin = "no pretrained weights" if weights is None else f"pretrained weights: {weights}"
+    return f", smp encoder `{config['encoder']}` ({origin})"
+
+
 def methods_paragraph(meta: dict[str, Any]) -> str:
     config, env, protocol = meta["config"], meta["environment"], meta["protocol"]
     dataset = meta["dataset"]
@@ -175,7 +226,9 @@ def methods_paragraph(meta: dict[str, Any]) -> str:
         f"{protocol['train_images']} train / {protocol['test_images']} test images in the "
         f"first fold)"
     )
-    seeds = ", ".join(str(s) for s in config["seeds"])
+    seeds = ("seed " if len(config["seeds"]) == 1 else "seeds ") + ", ".join(
+        str(s) for s in config["seeds"]
+    )
     versions = (
         f"Python {env['python']}, PyTorch {env['torch']}, segmentation-models-pytorch "
         f"{env.get('segmentation_models_pytorch')}"
@@ -185,13 +238,12 @@ def methods_paragraph(meta: dict[str, Any]) -> str:
         f"Data: `{dataset['name']}`, {dataset['images']} images, classes "
         f"{', '.join(dataset['class_names'])}. Protocol `{protocol['name']}`: "
         f"{protocol['summary']} Split: {split}; inputs {protocol['input_size'][0]}×"
-        f"{protocol['input_size'][1]}. Training: {config['epochs']} epochs, batch "
+        f"{protocol['input_size'][1]}. Training: {plural(config['epochs'], 'epoch')}, batch "
         f"{config['batch_size']}, {config['optimizer']} {learning_rate(config)}, loss "
-        f"`{config['loss']}`, width {config['width']}, smp encoder `{config['encoder']}` "
-        f"(no pretrained weights), seeds {seeds}"
+        f"`{config['loss']}`, width {config['width']}{encoder_clause(meta)}, {seeds}"
         f"{', deterministic algorithms' if config.get('deterministic') else ''}. "
         f"{speed_options(config)}"
-        f"Device: {env['device_name']}. Software: {versions}; bench {env['bench']}, git "
+        f"Device: {device_name(env)}. Software: {versions}; bench {env['bench']}, git "
         f"commit `{env.get('git_commit')}`. Run from {meta['started_utc']} to "
         f"{meta.get('finished_utc') or '(unfinished)'} (UTC). Jaccard (IoU) and Dice are "
         f"computed per test image and class over the image's original pixels (padding "
@@ -229,15 +281,21 @@ def render_markdown(
     tables: RunTables,
     summary: list[dict[str, Any]],
     statistics: list[dict[str, Any]],
+    run_dir: str | Path | None = None,
 ) -> str:
     """report.md's text from the run's data: its ``tables``, the ``summary``
     (:func:`bench.aggregate.summarize`, with its ``flags``) and ``statistics``
-    (:func:`bench.stats.statistics_rows`). One function per section, in report order."""
-    protocol = meta["protocol"]
-    # Protocols built to compare with the thesis's published rows (thesis, thesis-noleak).
-    thesis = protocol.get("thesis_reference", protocol["name"] in ("thesis", "thesis-noleak"))
+    (:func:`bench.stats.statistics_rows`). One function per section, in report order.
+
+    ``run_dir`` names the directory in the resume command of a partial run made without
+    ``--out`` (only its name is used, so the text does not depend on where it is rendered).
+    """
+    thesis = is_thesis_reference(meta)
     reference = load_thesis_reference() if thesis else []
     out = [
+        *title_section(meta),
+        *partial_section(meta, tables.cells, run_dir),
+        *verdict_section(summary, statistics, meta),
         *header_section(meta, summary, tables.cells, thesis),
         *flags_section(summary),
         *accuracy_section(summary, thesis),
@@ -246,13 +304,337 @@ def render_markdown(
         *statistics_section(statistics, stats.primary_classes(meta["dataset"]["class_names"])),
         *cost_section(summary, reference),
         *failures_section(summary),
-        *figures_section(),
+        *figures_section(thesis),
     ]
     return "\n".join(out)
 
 
-def _published_label(model: str) -> str:
-    return f"{model} — thesis 2019 (published)"
+# ---------------------------------------------------------------------- top of the report
+
+
+def title_section(meta: dict[str, Any]) -> list[str]:
+    return [
+        f"# Benchmark report: `{meta['dataset']['name']}`, protocol `{meta['protocol']['name']}`",
+        "",
+    ]
+
+
+def planned_cells(meta: dict[str, Any]) -> list[tuple[str, int, int | None]]:
+    """The (architecture, seed, fold) cells the run's configuration asks for."""
+    config = meta["config"]
+    return [
+        (name, seed, fold)
+        for name in config.get("architectures") or []
+        for seed in config.get("seeds") or []
+        for fold in config.get("folds_run") or [None]
+    ]
+
+
+def resume_command(meta: dict[str, Any], run_dir: str | Path | None = None) -> str:
+    """The command that resumes the run: its own, with ``--out`` when it had none (a default
+    out dir, ``runs/<name>``, is new for every invocation)."""
+    command = str(meta["command"])
+    try:
+        tokens = shlex.split(command)
+    except ValueError:
+        tokens = command.split()
+    if any(token == "--out" or token.startswith("--out=") for token in tokens):
+        return command
+    out = meta["config"].get("out")
+    if not out:
+        out = f"runs/{Path(run_dir).name}" if run_dir is not None else "RUN_DIR"
+    return f"{command} --out {shlex.quote(str(out))}"
+
+
+def partial_section(
+    meta: dict[str, Any], cells: Sequence[dict[str, Any]], run_dir: str | Path | None = None
+) -> list[str]:
+    """A banner when the run did not finish or some planned cells have no result."""
+    planned = planned_cells(meta)
+    done = {(c["architecture"], c["seed"], c["fold"]) for c in cells} & set(planned)
+    unfinished = meta.get("finished_utc") is None
+    if not unfinished and len(done) >= len(planned):
+        return []
+    if meta.get("combined_from"):
+        how = "it combines other runs: finish them, then run its `bench combine` again"
+    elif meta.get("format_version") == 1:
+        how = "this directory's format cannot be resumed; rerun its command with a new `--out`"
+    else:
+        how = f"resume with `{resume_command(meta, run_dir)}`"
+    if len(done) < len(planned):
+        return [
+            f"> **Partial run: {len(done)} of {plural(len(planned), 'cell')} finished** "
+            "(architectures × seeds × folds); every table and test below covers only those. "
+            f"To finish it, {how}.",
+            "",
+        ]
+    return [
+        f"> **Unfinished run:** all {plural(len(planned), 'cell')} finished, but the run "
+        f"stopped before it recorded its end; {how}.",
+        "",
+    ]
+
+
+def _flag_kinds(flags: str) -> list[str]:
+    """The kinds of a summary row's ``flags`` text (bench.flags' reasons, joined by "; ")."""
+    kinds: list[str] = []
+    for reason in (part.strip() for part in flags.split("; ")):
+        if not reason:
+            continue
+        head = re.sub(r" in \d+ of \d+ runs$", "", reason.split(" (")[0])
+        if head.startswith("does not learn "):
+            kind = "did not learn " + head.removeprefix("does not learn ")
+        elif head.endswith("too few to show convergence"):
+            kind = "too few epochs to show convergence"
+        elif head.startswith("loss still falling"):
+            kind = "not converged"
+        else:
+            kind = head
+        if kind not in kinds:
+            kinds.append(kind)
+    return kinds
+
+
+def _flag_list(flagged: Sequence[dict[str, Any]], everyone: int) -> str:
+    """Few flagged architectures by name with their kinds (```a` (not converged)``); many
+    grouped by kind (``not converged: all 6; did not learn nucleus: `smp_unet```)."""
+    if len(flagged) <= 3:
+        return _join(
+            [f"`{r['architecture']}` ({', '.join(_flag_kinds(r['flags']))})" for r in flagged]
+        )
+    by_kind: dict[str, list[str]] = {}
+    for row in flagged:
+        for kind in _flag_kinds(row["flags"]):
+            by_kind.setdefault(kind, []).append(row["architecture"])
+    parts = []
+    for kind, names in by_kind.items():
+        if len(names) == everyone:
+            who = f"all {everyone}"
+        elif len(names) > 3:
+            who = f"{len(names)} of {everyone}"
+        else:
+            who = _code(names)
+        parts.append(f"{kind}: {who}")
+    return "; ".join(parts)
+
+
+def _cost_extremes(
+    summary: Sequence[dict[str, Any]],
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The fastest (train seconds per run) and the smallest (parameters) architecture."""
+    timed = [r for r in summary if _num(r.get("train_seconds")) is not None]
+    sized = [r for r in summary if _num(r.get("params")) is not None]
+    fastest = min(timed, key=lambda r: _num(r["train_seconds"]) or 0.0) if timed else None
+    smallest = min(sized, key=lambda r: _num(r["params"]) or 0.0) if sized else None
+    return fastest, smallest
+
+
+def _seconds(row: dict[str, Any]) -> str:
+    return f"{_num(row['train_seconds']):.1f} s"
+
+
+def _params(row: dict[str, Any]) -> str:
+    return plural(int(_num(row["params"]) or 0), "parameter")
+
+
+def _cost_sentence(summary: Sequence[dict[str, Any]], best: dict[str, Any] | None) -> str:
+    """What the best costs beside the fastest and the smallest (or those two alone)."""
+    fastest, smallest = _cost_extremes(summary)
+    if best is not None and len(summary) == 1:
+        parts = []
+        if _num(best.get("train_seconds")) is not None:
+            parts.append(f"trains in {_seconds(best)} per run")
+        if _num(best.get("params")) is not None:
+            parts.append(f"has {_params(best)}")
+        return f"Cost: it {_join(parts)}." if parts else ""
+    if best is None:
+        parts = []
+        if fastest is not None:
+            parts.append(
+                f"fastest to train `{fastest['architecture']}` ({_seconds(fastest)} per run)"
+            )
+        if smallest is not None:
+            parts.append(f"smallest `{smallest['architecture']}` ({_params(smallest)})")
+        return f"Cost, which the flags do not affect: {_join(parts)}." if parts else ""
+    parts = []
+    if fastest is not None and _num(best.get("train_seconds")) is not None:
+        if fastest["architecture"] == best["architecture"]:
+            parts.append(f"is the fastest to train ({_seconds(best)} per run)")
+        else:
+            parts.append(
+                f"trains in {_seconds(best)} per run (fastest: `{fastest['architecture']}`, "
+                f"{_seconds(fastest)})"
+            )
+    if smallest is not None and _num(best.get("params")) is not None:
+        if smallest["architecture"] == best["architecture"]:
+            parts.append(f"is the smallest ({_params(best)})")
+        else:
+            parts.append(
+                f"has {_params(best)} (smallest: `{smallest['architecture']}`, {_params(smallest)})"
+            )
+    return f"Cost: it {_join(parts)}." if parts else ""
+
+
+def _failed_sentence(summary: Sequence[dict[str, Any]], scored: set[str]) -> str:
+    failed = [r["architecture"] for r in summary if r["status"] != "ok"]
+    if not failed:
+        return ""
+    without = [name for name in failed if name not in scored]
+    partly = [name for name in failed if name in scored]
+    parts = []
+    if without:
+        parts.append(
+            f"{_code(without)} failed and {'has' if len(without) == 1 else 'have'} no results"
+        )
+    if partly:
+        parts.append(
+            f"{_code(partly)} failed in some runs and {'is' if len(partly) == 1 else 'are'} "
+            "scored on the runs that finished"
+        )
+    return "; ".join(parts) + " (see *Failures*)."
+
+
+def verdict_section(
+    summary: Sequence[dict[str, Any]],
+    statistics: Sequence[dict[str, Any]],
+    meta: dict[str, Any],
+) -> list[str]:
+    """The report's first paragraph, computed from the data: the best architecture on the
+    primary endpoint among the unflagged ones, its margin over the runner-up (median paired
+    difference, bootstrap CI, Holm-corrected Wilcoxon), what it costs beside the fastest and
+    the smallest, and the flagged and failed architectures. No verdict when all are flagged.
+    """
+    primary = _join(list(stats.primary_classes(meta["dataset"]["class_names"])))
+    endpoint = f"mean foreground Dice (over {primary}, per test image)"
+    by_name = {row["architecture"]: row for row in summary}
+    scored = [r for r in statistics if _nan_none(_num(r.get("image_mean"))) is not None]
+    scored_names = {r["architecture"] for r in scored}
+    flagged_names = {r["architecture"] for r in summary if r.get("flags")} | {
+        r["architecture"] for r in statistics if r.get("flagged") in (True, "True")
+    }
+    flagged = [
+        {"architecture": name, "flags": by_name.get(name, {}).get("flags") or "flagged"}
+        for name in dict.fromkeys([*by_name, *(r["architecture"] for r in statistics)])
+        if name in flagged_names
+    ]
+    candidates = [r for r in scored if r["architecture"] not in flagged_names]
+    planned = list(meta["config"].get("architectures") or []) or list(by_name)
+
+    def score(row: dict[str, Any]) -> str:
+        mean, sem = _num(row["image_mean"]), _nan_none(_num(row.get("image_sem")))
+        return f"{_pm(mean, sem)} over {plural(int(row['images']), 'test image')}"
+
+    protocol = meta["protocol"]
+    leak = (
+        f" (on the leaking `{protocol['name']}` split: {protocol['leaked_test_images']} of "
+        f"the {protocol['test_images']} test images have a twin in training)"
+        if protocol.get("leaked_test_images")
+        else ""
+    )
+    sentences: list[str] = []
+    if not scored:
+        sentences.append("No verdict: no architecture has test results.")
+    elif len(scored) == 1:
+        only = scored[0]
+        name = only["architecture"]
+        if len(planned) <= 1 and len(by_name) <= 1:
+            sentences.append(
+                f"Only one architecture was run, `{name}`: nothing to compare it with."
+            )
+        else:
+            sentences.append(f"Only `{name}` has test results: nothing to compare it with.")
+        sentences.append(f"Its {endpoint} is {score(only)}{leak}.")
+        sentences.append(_cost_sentence(summary, by_name.get(name)))
+        if name in flagged_names:
+            kinds = ", ".join(_flag_kinds(by_name.get(name, {}).get("flags") or "")) or "flagged"
+            sentences.append(
+                f"It is flagged {FLAG_MARK} ({kinds}; see *Flags*): these numbers describe "
+                "this training budget, not what the architecture can do."
+            )
+    elif not candidates:
+        mine = [r for r in flagged if r["architecture"] in scored_names]
+        who = "both" if len(scored) == 2 else f"all {len(scored)}"
+        with_results = "" if len(scored) == len(by_name) else " with results"
+        listed = _flag_list(mine, len(scored))
+        sentences.append(
+            f"No verdict can be drawn: {who} architectures{with_results} are flagged "
+            + (f"{FLAG_MARK} — {listed} —" if len(mine) <= 3 else f"{FLAG_MARK} ({listed}),")
+            + " so none is ranked or tested for significance (see *Flags*)."
+        )
+        kinds = {kind for row in mine for kind in _flag_kinds(row["flags"])}
+        if kinds & {"not converged", "too few epochs to show convergence"}:
+            sentences.append(
+                "Training stopped before the losses settled: a longer run (`--epochs`) is "
+                "needed before they can be compared."
+            )
+        sentences.append(_cost_sentence(summary, None))
+    else:
+        best = max(candidates, key=lambda r: (_num(r["image_mean"]) or 0.0, r["architecture"]))
+        name = best["architecture"]
+        rank = _num(best.get("mean_rank"))
+        if len(candidates) == 1:
+            sentences.append(
+                f"`{name}` is the only unflagged architecture with results, so it is not "
+                f"ranked: its {endpoint} is {score(best)}{leak}."
+            )
+        else:
+            sentences.append(
+                f"`{name}` is best on the primary endpoint, {endpoint}: {score(best)}"
+                + (
+                    f", mean rank {rank:.2f} among {len(candidates)} unflagged architectures"
+                    if rank is not None
+                    else ""
+                )
+                + f"{leak}."
+            )
+            sentences.append(_margin_sentence(best, candidates))
+        sentences.append(_cost_sentence(summary, by_name.get(name)))
+        if flagged:
+            listed = _flag_list(flagged, len(by_name))
+            are = "is" if len(flagged) == 1 else "are"
+            sentences.append(
+                f"{listed} {are} flagged {FLAG_MARK} and left out of the ranking (see *Flags*)."
+                if len(flagged) <= 3
+                else f"{len(flagged)} architectures are flagged {FLAG_MARK} and left out of "
+                f"the ranking ({listed}; see *Flags*)."
+            )
+    sentences.append(_failed_sentence(summary, scored_names))
+    return ["**Verdict.** " + " ".join(s for s in sentences if s), ""]
+
+
+def _margin_sentence(best: dict[str, Any], candidates: Sequence[dict[str, Any]]) -> str:
+    """The runner-up against the best: median paired difference, its CI, Holm's p."""
+    name = best["architecture"]
+    others = [r for r in candidates if r is not best]
+    runner = max(others, key=lambda r: (_num(r["image_mean"]) or 0.0, r["architecture"]))
+    other = runner["architecture"]
+    head = f"Next is `{other}` ({_num(runner['image_mean']):.4f})"
+    difference = _num(runner.get("median_difference"))
+    if runner.get("reference") != name or difference is None:
+        return f"{head}, not paired with `{name}` on the same test images, so not tested."
+    low, high = _num(runner.get("ci_low")), _num(runner.get("ci_high"))
+    ci = f", 95 % CI [{-high:+.4f}, {-low:+.4f}]" if low is not None and high is not None else ""
+    p_holm = _p(_num(runner.get("p_holm")))
+    verdict = (
+        f"significant after Holm's correction (p = {p_holm})"
+        if runner.get("significant") in (True, "True")
+        else f"not significant after Holm's correction (p = {p_holm}): on these images "
+        "the two are not told apart"
+    )
+    return (
+        f"{head}: median paired difference (`{name}` − `{other}`) {-difference:+.4f} per "
+        f"image{ci}, {verdict}."
+    )
+
+
+# ---------------------------------------------------------------------- published rows
+
+#: What the thesis's published rows were: not this harness, not this budget.
+PUBLISHED_SETTING = "Keras, full width, 30 epochs, leaky split"
+
+
+def _published_label(model: str, setting: str = PUBLISHED_SETTING) -> str:
+    return f"{model} — thesis 2019 (published; {setting})"
 
 
 def _published_models(reference: list[dict[str, str]]) -> tuple[str, ...]:
@@ -260,21 +642,33 @@ def _published_models(reference: list[dict[str, str]]) -> tuple[str, ...]:
     return THESIS_REFERENCE_MODELS if reference else ()
 
 
+def published_caption(meta: dict[str, Any]) -> str:
+    """Under a table with published rows: what they were, and that they are not ranked."""
+    config = meta["config"]
+    return (
+        "The *published* rows are the thesis's own numbers (Keras models at full width, 30 "
+        "epochs, on its leaky split), shown for reference only: they are never bold and are "
+        f"not comparable as a ranking with this run ({plural(config['epochs'], 'epoch')}, "
+        f"width {config['width']}, protocol `{meta['protocol']['name']}`)."
+    )
+
+
+# ---------------------------------------------------------------------- sections
+
+
 def header_section(
     meta: dict[str, Any], summary: list[dict[str, Any]], cells: list[dict[str, Any]], thesis: bool
 ) -> list[str]:
-    """Title, command, machine, methods, the models as trained, and the thesis caveat."""
+    """Command, machine, methods, the models as trained, and the thesis caveat."""
     protocol = meta["protocol"]
     out = [
-        f"# Benchmark report: `{meta['dataset']['name']}`, protocol `{protocol['name']}`",
-        "",
         "Command:",
         "",
         "```",
         meta["command"],
         "```",
         "",
-        f"Machine: {meta['environment']['device_name']}.",
+        f"Machine: {device_name(meta['environment'])}.",
         "",
         "## Methods",
         "",
@@ -286,8 +680,8 @@ def header_section(
         out += [
             "**Caution — the thesis protocol leaks.** Augmented copies were added before the "
             "split, so "
-            f"{protocol['leaked_test_images']} of the {protocol['test_images']} "
-            "test images have their flipped-and-rotated twin in the training set. Its test "
+            f"{protocol['leaked_test_images']} of the {protocol['test_images']} test images "
+            "have their flipped-and-rotated twin in the training set. Its test "
             "scores are optimistic; use the `clean` protocol to compare architectures. "
             f"Published rows are from {THESIS_SOURCE}.",
             "",
@@ -302,6 +696,10 @@ def header_section(
     return out
 
 
+def _heading(title: str, thesis: bool, number: int) -> str:
+    return f"## {title} (thesis Table {number})" if thesis else f"## {title}"
+
+
 def accuracy_section(summary: list[dict[str, Any]], thesis: bool) -> list[str]:
     """Final train and test pixel accuracy (thesis Table 1; no published rows)."""
     table = Table(["Architecture", "Train accuracy", "Test accuracy"], [None, "max", "max"])
@@ -314,7 +712,7 @@ def accuracy_section(summary: list[dict[str, Any]], thesis: bool) -> list[str]:
             ]
         )
     return [
-        "## Final accuracy (thesis Table 1)",
+        _heading("Final accuracy", thesis, 1),
         "",
         table.render(),
         "",
@@ -347,13 +745,19 @@ def loss_section(
     for model in _published_models(reference):
         train, _ = _reference(reference, model, "loss", "train")
         test, _ = _reference(reference, model, "loss", "test")
-        table.add([(_published_label(model), None), (_fmt(train), train), (_fmt(test), test)])
+        table.add(
+            [(_published_label(model), None), (_fmt(train), train), (_fmt(test), test)],
+            reference=True,
+        )
+    caption = f"Loss: `{meta['config']['loss']}`."
+    if reference:
+        caption += " " + published_caption(meta)
     return [
-        "## Final loss (thesis Table 2)",
+        _heading("Final loss", is_thesis_reference(meta), 2),
         "",
         table.render(),
         "",
-        f"Loss: `{meta['config']['loss']}`.",
+        caption,
         "",
     ]
 
@@ -385,7 +789,8 @@ def quality_section(
             legacy = _num(row.get(f"{cls}_jaccard_legacy_mean"))
             cells.append((_fmt(legacy), legacy))
         table.add(cells)
-    for model in _published_models(reference) if wbc else ():
+    published = _published_models(reference) if wbc else ()
+    for model in published:
         cells = [(_published_label(model), None)] + [("—", None)] * (len(classes) - 1)
         for cls in classes:
             if cls == "cell":
@@ -396,15 +801,15 @@ def quality_section(
         for cls in legacy_classes:
             mean, sem = _reference(reference, model, "jaccard_legacy", "test", cls)
             cells.append((_pm(mean, sem), mean))
-        table.add(cells)
+        table.add(cells, reference=True)
     n_images = len({(r["fold"], r["image_id"]) for r in per_image})
     seeds = len(meta["config"]["seeds"])
     return [
-        "## Segmentation quality on the test images (thesis Table 3)",
+        _heading("Segmentation quality on the test images", is_thesis_reference(meta), 3),
         "",
         table.render(),
         "",
-        f"Mean ± SEM over the {n_images} test image{'s' if n_images != 1 else ''}"
+        f"Mean ± SEM over the {plural(n_images, 'test image')}"
         + (
             f"; each image's score is first averaged over the {seeds} training seeds, so n "
             "counts images, not seed × image rows"
@@ -424,7 +829,8 @@ def quality_section(
             "are not an overlap measure."
             if legacy_classes
             else ""
-        ),
+        )
+        + (" " + published_caption(meta) if published else ""),
         "",
     ]
 
@@ -460,10 +866,11 @@ def cost_section(summary: list[dict[str, Any]], reference: list[dict[str, str]])
         seconds, _ = _reference(reference, model, "train_seconds", "train")
         table.add(
             [
-                (_published_label(model) + ", Colab GPU 2018", None),
-                (_fmt(seconds, 1), None),
+                (_published_label(model, "Keras, full width, 30 epochs, Colab GPU 2018"), None),
+                (_fmt(seconds, 1), seconds),
                 *[("—", None)] * 5,
-            ]
+            ],
+            reference=True,
         )
     return [
         "## Training time and cost",
@@ -490,21 +897,32 @@ def failures_section(summary: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def figures_section() -> list[str]:
+def figures_section(thesis: bool = False) -> list[str]:
     """The figures :func:`render_curves` and :func:`render_predictions` draw."""
+
+    def also(figure: int) -> str:
+        return f" (thesis Figure {figure})" if thesis else ""
+
     return [
         "## Figures",
         "",
-        "Accuracy per epoch (thesis Figure 5):",
+        "Per epoch, every architecture on shared axes (line: mean over runs; band: lowest to "
+        "highest run): test foreground Dice, test loss and train loss.",
         "",
-        "![accuracy](curves_accuracy.png)",
+        "![curves](curves.png)",
         "",
-        "Loss per epoch (thesis Figure 6):",
+        f"Loss per epoch{also(6)}:",
         "",
         "![loss](curves_loss.png)",
         "",
-        "Predictions (thesis Figure 7): input, each architecture, ground truth; nucleus "
-        "blue, cytoplasm green, background red.",
+        f"Accuracy per epoch{also(5)} (pixel accuracy counts the background too: compare "
+        "architectures by Dice):",
+        "",
+        "![accuracy](curves_accuracy.png)",
+        "",
+        f"Predictions{also(7)}: the best, median and worst test image by the architectures' "
+        "mean foreground Dice and the one they disagree on most; input, each architecture "
+        "(with its Dice on the image), ground truth; class colours in the legend.",
         "",
         "![predictions](predictions.png)",
         "",
@@ -606,69 +1024,399 @@ def _figure_saver() -> tuple[Any, Callable[[Any, Path], None]]:
     return plt, save
 
 
-def render_curves(run: RunDir, history: list[dict[str, Any]], metric: str) -> None:
-    """Thesis Figures 5/6: one panel per architecture, train and test per epoch."""
+def _rgb(colour: Sequence[int]) -> tuple[float, ...]:
+    return tuple(channel / 255 for channel in colour)
+
+
+#: Figure names :func:`render_figures` writes (``RUN_DIR/<name>.png``).
+FIGURE_NAMES = ("curves", "curves_loss", "curves_accuracy", "predictions")
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One architecture's values of one metric per epoch: the mean over its runs (seeds ×
+    folds) and the lowest and highest run."""
+
+    architecture: str
+    epochs: tuple[int, ...]
+    mean: tuple[float, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    runs: int
+
+
+def curves_of(
+    history: Sequence[dict[str, Any]],
+    split: str,
+    metric: str,
+    runs: Collection[tuple[str, int, int | None]] | None = None,
+) -> list[Curve]:
+    """Per architecture (in order of appearance), ``metric`` of ``split`` per epoch over its
+    runs; empty values (a train row's Dice, an older directory's) are left out, and so is
+    an architecture without any. ``runs``: only these (architecture, seed, fold) runs."""
+    values: dict[str, dict[int, list[float]]] = {}
+    counted: dict[str, set[tuple[int, int | None]]] = {}
+    for row in history:
+        key = (row["architecture"], row["seed"], row["fold"])
+        if row["split"] != split or (runs is not None and key not in runs):
+            continue
+        value = _num(row.get(metric))
+        if value is None:
+            continue
+        values.setdefault(row["architecture"], {}).setdefault(int(row["epoch"]), []).append(value)
+        counted.setdefault(row["architecture"], set()).add((row["seed"], row["fold"]))
+    curves = []
+    for name, epochs in values.items():
+        order = sorted(epochs)
+        curves.append(
+            Curve(
+                name,
+                tuple(order),
+                tuple(float(np.mean(epochs[e])) for e in order),
+                tuple(min(epochs[e]) for e in order),
+                tuple(max(epochs[e]) for e in order),
+                len(counted[name]),
+            )
+        )
+    return curves
+
+
+def epoch_limits(epochs: Collection[int]) -> tuple[float, float]:
+    """x limits that show every epoch with a margin: half an epoch, or 3 % of the span when
+    that is more (a 1-epoch run: 0.5 to 1.5, its point in the middle)."""
+    if not epochs:
+        return 0.5, 1.5
+    low, high = min(epochs), max(epochs)
+    margin = max(0.5, 0.03 * (high - low))
+    return low - margin, high + margin
+
+
+# Okabe & Ito's colour-blind-safe palette (yellow last: faint on white), then tab10's.
+ARCHITECTURE_COLOURS = (
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#CC79A7",
+    "#56B4E9",
+    "#D55E00",
+    "#000000",
+    "#F0E442",
+    "#8c564b",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+ARCHITECTURE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+
+
+def _architecture_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """A colour and a marker per architecture, the same in every panel of every figure."""
+    return {
+        name: (
+            ARCHITECTURE_COLOURS[i % len(ARCHITECTURE_COLOURS)],
+            ARCHITECTURE_MARKERS[i % len(ARCHITECTURE_MARKERS)],
+        )
+        for i, name in enumerate(names)
+    }
+
+
+def _draw_curves(
+    ax: Any, curves: Sequence[Curve], styles: dict[str, tuple[str, str]], title: str
+) -> None:
+    """Each curve as its mean line with markers, and a band from its lowest to its highest
+    run (a bar at a single epoch); integer epochs on the x axis. In a run of one epoch the
+    architectures' points are set a little apart, so that equal values (every model at
+    chance after one epoch) do not hide one another."""
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = {e for curve in curves for e in curve.epochs}
+    size = 5 if len(epochs) <= 10 else 3
+    dodge = 0.08 if len(epochs) == 1 else 0.0
+    for i, curve in enumerate(curves):
+        colour, marker = styles[curve.architecture]
+        shift = dodge * (i - (len(curves) - 1) / 2)
+        x = [e + shift for e in curve.epochs]
+        ax.plot(
+            x,
+            curve.mean,
+            color=colour,
+            marker=marker,
+            markersize=size,
+            linewidth=1.6,
+            label=curve.architecture,
+        )
+        if curve.runs > 1 and len(curve.epochs) > 1:
+            ax.fill_between(x, curve.low, curve.high, color=colour, alpha=0.15, lw=0)
+        elif curve.runs > 1:
+            ax.vlines(x, curve.low, curve.high, color=colour, alpha=0.5, lw=3)
+    ax.set_xlim(*epoch_limits(epochs))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.set_xlabel("epoch")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if not curves:
+        ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+
+
+def _curves_figure(
+    panels: Sequence[tuple[str, list[Curve]]],
+    styles: dict[str, tuple[str, str]],
+    runs: dict[str, int],
+    share_y: bool,
+    note: str = "",
+) -> Any:
+    """One row of panels on shared x (and, if asked, y) axes, with one legend below."""
+    plt, _ = _figure_saver()
+    width = max(6.0, 4.4 * len(panels))
+    figure, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(width, 3.9),
+        sharex=True,
+        sharey=share_y,
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, (title, curves) in zip(axes.flat, panels, strict=True):
+        _draw_curves(ax, curves, styles, title)
+    if share_y:  # a shared axis labels its values on the first panel only
+        for ax in axes.flat[1:]:
+            ax.tick_params(labelleft=True)
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color=colour, marker=marker, label=f"{name} ({plural(runs[name], 'run')})")
+        for name, (colour, marker) in styles.items()
+        if name in runs
+    ]
+    if handles:
+        figure.legend(
+            handles=handles,
+            loc="outside lower center",
+            # as many entries a row as fit (about 2 inches each), rows as even as can be
+            ncols=math.ceil(len(handles) / math.ceil(len(handles) / max(1, int(width / 2.1)))),
+            frameon=False,
+            fontsize=9,
+        )
+    if note:
+        figure.suptitle(note, fontsize=8, color="0.3")
+    return figure
+
+
+def _background_share(per_image: Sequence[dict[str, Any]], background: str) -> float | None:
+    """The share of the test pixels that are background (from the per-image counts of one
+    architecture and seed; None in directories without counts)."""
+    first = next((r for r in per_image if r["class"] == background), None)
+    if first is None:
+        return None
+    rows = [
+        r
+        for r in per_image
+        if r["class"] == background
+        and (r["architecture"], r["seed"]) == (first["architecture"], first["seed"])
+    ]
+    if any(r.get("tp") is None for r in rows):
+        return None
+    total = sum(r["tp"] + r["fp"] + r["fn"] + r["tn"] for r in rows)
+    return sum(r["tp"] + r["fn"] for r in rows) / total if total else None
+
+
+def render_curves(run: RunDir, meta: dict[str, Any], tables: RunTables) -> None:
+    """The learning curves, every architecture on the same axes (one colour and marker
+    each; the line is the mean over its runs, the band the lowest to the highest run):
+
+    - ``curves.png``: test foreground Dice (when the history has it), test loss, train loss;
+    - ``curves_loss.png`` and ``curves_accuracy.png``: train and test on a shared y axis
+      (thesis Figures 6 and 5). Pixel accuracy is not in ``curves.png``: background is
+      most of the pixels, so it says little about the cell.
+
+    Only runs that finished (status ok) are drawn: a failed run's partial curve would bend
+    the mean at the epoch where it stops.
+    """
     plt, save = _figure_saver()
-    names = list(dict.fromkeys(r["architecture"] for r in history)) or ["(no runs)"]
-    columns = min(3, len(names))
-    rows = math.ceil(len(names) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names, strict=False):
-        for split, style in (("train", "-"), ("test", "--")):
-            points: dict[int, list[float]] = {}
-            for r in history:
-                if r["architecture"] == name and r["split"] == split:
-                    points.setdefault(int(r["epoch"]), []).append(float(r[metric]))
-            if points:
-                epochs = sorted(points)
-                ax.plot(epochs, [np.mean(points[e]) for e in epochs], style, label=split)
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
-    figure.tight_layout()
-    save(figure, run.figure_path(f"curves_{metric}"))
+    ok = {(c["architecture"], c["seed"], c["fold"]) for c in tables.cells if c["status"] == "ok"}
+    history = tables.history
+    names = list(dict.fromkeys(r["architecture"] for r in history if r["architecture"]))
+    styles = _architecture_styles(names)
+    runs: dict[str, int] = {}
+    for name, _, _ in ok:
+        runs[name] = runs.get(name, 0) + 1
+    config = meta["config"]
+    foreground = _join(list(stats.primary_classes(meta["dataset"]["class_names"])))
+    loss = config.get("loss") or "loss"
+    several = any(count > 1 for count in runs.values())
+    note = "line: mean over runs (seeds × folds); band: lowest to highest run" if several else ""
+    dice = curves_of(history, "test", "dice", ok)
+    test_loss = curves_of(history, "test", "loss", ok)
+    train_loss = curves_of(history, "train", "loss", ok)
+    dice_title = f"test foreground Dice ({foreground})"
+
+    panels = [(f"test loss ({loss})", test_loss), (f"train loss ({loss})", train_loss)]
+    if dice:
+        panels.insert(0, (dice_title, dice))
+    figure = _curves_figure(panels, styles, runs, share_y=False, note=note)
+    # the two loss panels on one scale, every point and band inside
+    values = [v for curve in test_loss + train_loss for v in (*curve.low, *curve.high)]
+    if values:
+        margin = 0.06 * (max(values) - min(values)) or 0.05 * abs(max(values)) or 0.05
+        for ax in figure.axes[-2:]:
+            ax.set_ylim(min(values) - margin, max(values) + margin)
+    save(figure, run.figure_path("curves"))
+
+    figure = _curves_figure(
+        [(f"train loss ({loss})", train_loss), (f"test loss ({loss})", test_loss)],
+        styles,
+        runs,
+        share_y=True,
+        note=note,
+    )
+    save(figure, run.figure_path("curves_loss"))
+
+    background = _background_share(tables.per_image, meta["dataset"]["class_names"][0])
+    share = (
+        f"; {background:.0%} of the test pixels are background" if background is not None else ""
+    )
+    figure = _curves_figure(
+        [
+            ("train pixel accuracy", curves_of(history, "train", "accuracy", ok)),
+            ("test pixel accuracy", curves_of(history, "test", "accuracy", ok)),
+        ],
+        styles,
+        runs,
+        share_y=True,
+        note=(f"{note}\n" if note else "")
+        + f"Pixel accuracy counts background pixels too{share}: compare models by Dice.",
+    )
+    save(figure, run.figure_path("curves_accuracy"))
+
+
+# Class colours of the label maps in predictions.png (and of `bench predict`'s overlays):
+# background dark grey, so that it recedes; cytoplasm sky blue and nucleus orange, apart
+# for every kind of colour vision (Okabe & Ito's palette).
+CLASS_COLOURS = np.array([[45, 45, 45], [86, 180, 233], [230, 159, 0]], dtype=np.uint8)
+#: Colours of classes beyond the third (a folder dataset's), Okabe & Ito's others.
+MORE_CLASS_COLOURS = np.array(
+    [[0, 158, 115], [204, 121, 167], [240, 228, 66], [0, 114, 178], [213, 94, 0]],
+    dtype=np.uint8,
+)
+
+
+def class_colours(num_classes: int) -> np.ndarray:
+    """(num_classes, 3) uint8 colours of the figures' label maps (the last one repeats)."""
+    colours = np.concatenate([CLASS_COLOURS, MORE_CLASS_COLOURS])
+    return colours[np.minimum(np.arange(num_classes), len(colours) - 1)]
 
 
 def _colourise(label_png: Path, palette: Sequence[int]) -> np.ndarray:
+    """A saved label map (the dataset's grey palette) in the figures' class colours."""
     from PIL import Image
 
     grey = np.asarray(Image.open(label_png))
     lookup = np.zeros(256, dtype=np.int64)
     for index, value in enumerate(palette):
         lookup[value] = index
-    return CLASS_COLOURS[np.clip(lookup[grey], 0, len(CLASS_COLOURS) - 1)]
+    return class_colours(len(palette))[lookup[grey]]
 
 
-def render_predictions(run: RunDir, meta: dict[str, Any], cells: list[dict[str, Any]]) -> None:
-    """Thesis Figure 7: rows = test images, columns = input, each architecture, truth."""
+def image_dice(
+    per_image: Sequence[dict[str, Any]], seed: int, classes: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """``{architecture: {image_id: foreground Dice}}`` of one seed's per-image rows: the
+    mean Dice over ``classes`` of each test image."""
+    rows = [r for r in per_image if r["seed"] == seed]
+    return {
+        name: {image_id: score for (_, image_id), score in images.items()}
+        for name, images in stats.image_scores(rows, "dice", classes).items()
+    }
+
+
+def choose_figure_images(
+    scores: dict[str, dict[str, float]], candidates: Sequence[str]
+) -> list[tuple[str, str]]:
+    """The test images predictions.png shows, each with why: ``(image_id, reason)``.
+
+    Among ``candidates`` (the images whose input was kept), ranked by the mean over
+    architectures of their foreground Dice: the best, the median (the lower one of an even
+    count) and the worst; then the image on which the architectures disagree most (the
+    largest difference between the highest and the lowest Dice), which adds a row only when
+    it is not one of those three. Ties go to the smaller image id. Without any score, the
+    first four candidates.
+    """
+    mean: dict[str, float] = {}
+    spread: dict[str, float] = {}
+    for image_id in candidates:
+        values = [images[image_id] for images in scores.values() if image_id in images]
+        if values:
+            mean[image_id] = float(np.mean(values))
+            spread[image_id] = max(values) - min(values)
+    if not mean:
+        return [(image_id, "") for image_id in sorted(candidates)[:4]]
+    ranked = sorted(mean, key=lambda i: (-mean[i], i))
+    chosen: dict[str, list[str]] = {}
+    for reason, image_id in (
+        ("best", ranked[0]),
+        ("median", ranked[(len(ranked) - 1) // 2]),
+        ("worst", ranked[-1]),
+    ):
+        chosen.setdefault(image_id, []).append(reason)
+    if len(scores) > 1:
+        disputed = min(spread, key=lambda i: (-spread[i], i))
+        chosen.setdefault(disputed, []).append("most disagreement")
+    return [(image_id, ", ".join(reasons)) for image_id, reasons in chosen.items()]
+
+
+def render_predictions(run: RunDir, meta: dict[str, Any], tables: RunTables) -> None:
+    """Thesis Figure 7, with the informative test images: rows = the best, median and worst
+    test image by the mean foreground Dice over architectures, and the one they disagree on
+    most (:func:`choose_figure_images`, among the images whose input was kept); columns =
+    input, each architecture's prediction (first seed) with its Dice, ground truth; a
+    colour key of the classes below."""
+    from matplotlib.patches import Patch
     from PIL import Image
 
     plt, save = _figure_saver()
     palette = meta["dataset"]["palette"]
+    class_names = list(meta["dataset"]["class_names"])
     primary_seed = meta["config"]["seeds"][0]
-    image_ids = run.figure_input_ids()
-    names = list(dict.fromkeys(r["architecture"] for r in cells))
-    columns = ["input", *names, "ground truth"]
-    if not image_ids:
+    foreground = stats.primary_classes(class_names)
+    candidates = [i for i in run.figure_input_ids() if run.truth_path(i).is_file()]
+    names = list(dict.fromkeys(r["architecture"] for r in tables.cells))
+    scores = image_dice(tables.per_image, primary_seed, foreground)
+    chosen = choose_figure_images(scores, candidates)
+    if not chosen:
         figure = plt.figure(figsize=(4, 1))
         figure.text(0.5, 0.5, "no test images", ha="center")
         save(figure, run.figure_path("predictions"))
         return
+    columns = ["input", *names, "ground truth"]
     figure, axes = plt.subplots(
-        len(image_ids),
+        len(chosen),
         len(columns),
-        figsize=(1.9 * len(columns), 1.9 * len(image_ids)),
+        figsize=(1.85 * len(columns) + 0.5, 1.95 * len(chosen) + 0.9),
         squeeze=False,
+        layout="constrained",
     )
-    for r, image_id in enumerate(image_ids):
+    for r, (image_id, reason) in enumerate(chosen):
+        row_scores = {n: scores[n][image_id] for n in names if image_id in scores.get(n, {})}
+        # bold: the row's best as printed (two that print the same are both best)
+        top = max(round(v, 3) for v in row_scores.values()) if row_scores else None
         for c, column in enumerate(columns):
             ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
             if column == "input":
                 ax.imshow(np.asarray(Image.open(run.input_path(image_id))))
+                mean = (
+                    f"\n{'mean ' if len(row_scores) > 1 else ''}Dice "
+                    f"{np.mean(list(row_scores.values())):.3f}"
+                    if row_scores
+                    else ""
+                )
+                ax.set_ylabel(
+                    f"{reason}\n{image_id}{mean}" if reason else image_id,
+                    fontsize=8,
+                    fontweight="bold" if reason else "normal",
+                )
             elif column == "ground truth":
                 ax.imshow(_colourise(run.truth_path(image_id), palette))
             else:
@@ -676,15 +1424,45 @@ def render_predictions(run: RunDir, meta: dict[str, Any], cells: list[dict[str, 
                 if path.exists():
                     ax.imshow(_colourise(path, palette))
                 else:
-                    ax.text(0.5, 0.5, "failed", ha="center", va="center")
-            ax.set_xticks([])
-            ax.set_yticks([])
+                    ax.text(0.5, 0.5, "failed", ha="center", va="center", fontsize=8)
+                if column in row_scores:
+                    ax.set_xlabel(
+                        f"Dice {row_scores[column]:.3f}",
+                        fontsize=8,
+                        fontweight="bold"
+                        if len(row_scores) > 1 and round(row_scores[column], 3) == top
+                        else "normal",
+                    )
             if r == 0:
                 ax.set_title(column, fontsize=8)
-            if c == 0:
-                ax.set_ylabel(image_id, fontsize=8)
-    figure.tight_layout()
+    colours = class_colours(len(class_names))
+    figure.legend(
+        handles=[
+            Patch(facecolor=_rgb(colours[i]), edgecolor="0.6", label=name)
+            for i, name in enumerate(class_names)
+        ],
+        loc="outside lower center",
+        ncols=len(class_names),
+        frameon=False,
+        fontsize=8,
+    )
+    import textwrap
+
+    caption = (
+        f"Seed {primary_seed}. Under each prediction: the image's foreground Dice (mean over "
+        f"{_join(list(foreground))}" + ("; bold: the row's best)." if len(names) > 1 else ").")
+    )
+    # about 18 characters of 8-point text an inch
+    figure.suptitle(
+        textwrap.fill(caption, int(figure.get_figwidth() * 18)), fontsize=8, color="0.3"
+    )
     save(figure, run.figure_path("predictions"))
+
+
+def render_figures(run: RunDir, meta: dict[str, Any], tables: RunTables) -> None:
+    """Every figure of the run (:data:`FIGURE_NAMES`), from its tables and saved maps."""
+    render_curves(run, meta, tables)
+    render_predictions(run, meta, tables)
 
 
 def render_run(run_dir: str | Path) -> Path:
@@ -719,8 +1497,6 @@ def render_locked(run: RunDir, meta: dict[str, Any] | None = None) -> Path:
     # the costly bootstrap: once
     statistics = stats.statistics_rows(tables.per_image, primary, flagged)
     write_csv(run.table_path("statistics"), stats.STATISTICS_COLUMNS, statistics)
-    run.write_report(render_markdown(meta, tables, summary, statistics))
-    render_curves(run, tables.history, "accuracy")
-    render_curves(run, tables.history, "loss")
-    render_predictions(run, meta, tables.cells)
+    run.write_report(render_markdown(meta, tables, summary, statistics, run.path))
+    render_figures(run, meta, tables)
     return run.report_path

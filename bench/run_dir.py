@@ -9,7 +9,8 @@ Layout (``RUN_DIR/``)::
                        Written last, after the cell's predictions and checkpoint: a cell is
                        finished exactly when its record exists (the commit point)
     cells.csv          one row per (architecture, seed, fold) run: status, timings, final losses
-    history.csv        architecture, seed, fold, epoch, split, loss, accuracy, seconds
+    history.csv        architecture, seed, fold, epoch, split, loss, accuracy, seconds, dice
+                       (the test foreground Dice per epoch; empty on train rows)
     per_image.csv      architecture, seed, fold, image_id, class, jaccard, dice, accuracy,
                        jaccard_legacy
     summary.csv, statistics.csv   per architecture, and the paired comparison
@@ -17,7 +18,8 @@ Layout (``RUN_DIR/``)::
     predictions/<architecture>/<image_id>.png   predicted label map, ground-truth palette,
                        original size (first seed; other seeds under seed-<S>/)
     truth/<image_id>.png, inputs/<image_id>.png ground truth and inputs of the test images
-                       (inputs only for the images shown in predictions.png)
+                       (inputs of those bench.suite keeps: predictions.png picks its
+                       rows among them)
     checkpoints/<architecture>_seed<S>_fold<F>.pt   final weights (torch.load(weights_only=True))
     resume/<architecture>_seed<S>_fold<F>.pt   epoch checkpoint of a cell in progress (model,
                        optimiser, history, RNG states; weights_only), deleted once the cell's
@@ -51,7 +53,20 @@ FORMAT_VERSION = 2
 #: Run directories of these versions can still be rendered by ``bench report``.
 READABLE_VERSIONS = (1, 2)
 
-HISTORY_COLUMNS = ("architecture", "seed", "fold", "epoch", "split", "loss", "accuracy", "seconds")
+#: ``dice``: the test foreground Dice of the epoch (the primary endpoint: per image the mean
+#: Dice of classes 1..K-1, then the mean over the test images); empty on train rows, and
+#: absent from directories written before it was recorded.
+HISTORY_COLUMNS = (
+    "architecture",
+    "seed",
+    "fold",
+    "epoch",
+    "split",
+    "loss",
+    "accuracy",
+    "seconds",
+    "dice",
+)
 PER_IMAGE_METRICS = ("jaccard", "dice", "accuracy", "jaccard_legacy")
 #: The confusion counts of the class in the image (valid pixels only): every score above
 #: is a function of them.
@@ -133,6 +148,8 @@ _TEXT_COLUMNS = frozenset({"architecture", "status", "error", "split", "image_id
 _OPTIONAL = frozenset(
     {"fold", *RUN_MEASURES, "params", "gflops", "seconds", "lr", *PER_IMAGE_COUNTS}
 )
+#: Optional in history rows only (a per-image row's ``dice`` is required).
+_HISTORY_OPTIONAL = _OPTIONAL | {"dice"}
 
 CellKey = tuple[str, int, "int | None"]
 
@@ -231,14 +248,16 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _typed(path: Path, where: str, column: str, value: Any) -> Any:
+def _typed(
+    path: Path, where: str, column: str, value: Any, optional: frozenset[str] = _OPTIONAL
+) -> Any:
     """One table value converted to its column's type; a ConfigError names the place."""
     if column in _TEXT_COLUMNS:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: {where}: {column!r} must be text (got {value!r})")
         return value
     if value in ("", None):
-        if column in _OPTIONAL:
+        if column in optional:
             return None
         raise ConfigError(f"{path}: {where}: {column!r} is empty")
     try:
@@ -253,12 +272,18 @@ def _typed(path: Path, where: str, column: str, value: Any) -> Any:
     return number
 
 
-def _typed_row(path: Path, where: str, row: Mapping[str, Any], columns: Sequence[str]) -> dict:
+def _typed_row(
+    path: Path,
+    where: str,
+    row: Mapping[str, Any],
+    columns: Sequence[str],
+    optional: frozenset[str] = _OPTIONAL,
+) -> dict:
     # An optional column may be absent: older directories lack the newer ones.
-    missing = [c for c in columns if c not in row and c not in _OPTIONAL]
+    missing = [c for c in columns if c not in row and c not in optional]
     if missing:
         raise ConfigError(f"{path}: {where}: missing {', '.join(map(repr, missing))}")
-    return {c: _typed(path, where, c, row.get(c)) for c in columns}
+    return {c: _typed(path, where, c, row.get(c), optional) for c in columns}
 
 
 @dataclass
@@ -307,7 +332,7 @@ class CellRecord:
         record = cls(
             row,
             [
-                _typed_row(path, f"history[{i}]", r, HISTORY_COLUMNS)
+                _typed_row(path, f"history[{i}]", r, HISTORY_COLUMNS, _HISTORY_OPTIONAL)
                 for i, r in enumerate(parts["history"])
             ],
             [
@@ -394,7 +419,8 @@ class RunDir:
         return self.path / "inputs" / f"{image_id}.png"
 
     def figure_input_ids(self) -> list[str]:
-        """The test images whose inputs were kept for predictions.png."""
+        """The test images whose inputs were kept: predictions.png picks its rows among
+        them (:func:`bench.report.choose_figure_images`)."""
         return sorted(p.stem for p in (self.path / "inputs").glob("*.png"))
 
     # ------------------------------------------------------------------ ownership
@@ -529,13 +555,13 @@ class RunDir:
             return RunTables(
                 *(
                     [
-                        _typed_row(path, f"line {i + 2}", row, columns)
+                        _typed_row(path, f"line {i + 2}", row, columns, optional)
                         for i, row in enumerate(read_csv(path))
                     ]
-                    for path, columns in (
-                        (self.table_path("cells"), CELL_COLUMNS),
-                        (self.table_path("history"), HISTORY_COLUMNS),
-                        (self.table_path("per_image"), PER_IMAGE_COLUMNS),
+                    for path, columns, optional in (
+                        (self.table_path("cells"), CELL_COLUMNS, _OPTIONAL),
+                        (self.table_path("history"), HISTORY_COLUMNS, _HISTORY_OPTIONAL),
+                        (self.table_path("per_image"), PER_IMAGE_COLUMNS, _OPTIONAL),
                     )
                 )
             )

@@ -16,7 +16,9 @@ candidates train with the same :func:`_train_epoch`.
 Accounting, so numbers mean the same for every architecture:
 
 - train loss/accuracy of an epoch are averages over its batches in training mode (dropout
-  on), as Keras reports them; test loss/accuracy are computed in eval mode after the epoch.
+  on), as Keras reports them; test loss/accuracy are computed in eval mode after the epoch,
+  with the test foreground Dice (the primary endpoint, :func:`foreground_dice`: per image,
+  then the mean over images) from per-image confusion counts kept on the device.
 - ``train_seconds`` is the wall time of the training phases only (device synchronised
   before the clock is read); ``total_seconds`` adds the per-epoch evaluation and the final
   measurement. ``images_per_second`` = training images processed / ``train_seconds``.
@@ -353,7 +355,57 @@ class CellSettings:
         )
 
 
-def evaluate(
+def confusion_per_image(
+    predictions: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """Per-image confusion matrices, int64 (B, K, K) indexed [true class, predicted class],
+    over the valid pixels only (a label outside 0..K-1, such as ``IGNORE_INDEX`` padding,
+    is not counted).
+
+    One ``bincount`` on the device, without boolean indexing: nothing waits for the host.
+    Integer counts, so the result is the same on every device and in any order of summing.
+    """
+    batch = predictions.shape[0]
+    cells = num_classes * num_classes
+    valid = (labels >= 0) & (labels < num_classes)
+    offset = torch.arange(batch, device=labels.device).view(batch, 1, 1) * cells
+    index = offset + labels.clamp(0, num_classes - 1) * num_classes + predictions
+    # Invalid pixels go to one extra bin past the last image's matrix, then dropped.
+    index = torch.where(valid, index, batch * cells)
+    counts = torch.bincount(index.flatten(), minlength=batch * cells + 1)[: batch * cells]
+    return counts.view(batch, num_classes, num_classes)
+
+
+def foreground_dice(confusion: np.ndarray) -> float:
+    """The primary endpoint from per-image confusion matrices (N, K, K) [true, predicted]:
+    per image the mean over classes 1..K-1 of the Dice 2 tp / (2 tp + fp + fn) (1.0 for a
+    class absent from both maps, as :func:`bench.metrics.dice`), then the mean over images
+    (each image counts once, as in the per-image rows; not pooled over pixels)."""
+    num_classes = confusion.shape[1]
+    per_image = []
+    for matrix in confusion:
+        scores = []
+        for c in range(1, num_classes):
+            tp = int(matrix[c, c])
+            fp = int(matrix[:, c].sum()) - tp
+            fn = int(matrix[c, :].sum()) - tp
+            scores.append(metrics.dice(metrics.ConfusionCounts(tp, fp, fn, 0)))
+        per_image.append(np.mean(scores))
+    return float(np.mean(per_image)) if per_image else float("nan")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate_scores` measured on a set of images (eval mode)."""
+
+    loss: float
+    accuracy: float  # pixel accuracy over the valid pixels
+    #: the primary endpoint (:func:`foreground_dice`); None when not asked for
+    dice: float | None
+    predictions: np.ndarray | None  # int (N, H, W) label maps, when asked for
+
+
+def evaluate_scores(
     model: torch.nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -362,11 +414,15 @@ def evaluate(
     device: torch.device,
     speed: SpeedOptions | None = None,
     keep_predictions: bool = True,
-) -> tuple[float, float, np.ndarray | None]:
-    """Test loss and pixel accuracy (eval mode) and, if asked, the predicted label maps.
+    num_classes: int | None = None,
+) -> Evaluation:
+    """Loss, pixel accuracy and, with ``num_classes``, the foreground Dice of ``images``
+    (eval mode), and if asked the predicted label maps.
 
     ``images``: uint8 (N, 3, H, W) and ``labels`` (N, H, W), best already on the device.
-    The sums stay on the device; the host reads them once at the end.
+    The sums, and the per-image confusion matrices behind the Dice, stay on the device; the
+    host reads them once at the end. Computing the Dice changes nothing else: it only reads
+    each batch's argmax.
     """
     speed = speed or PYTORCH_DEFAULTS
     model.eval()
@@ -374,6 +430,7 @@ def evaluate(
     correct = torch.zeros((), device=device, dtype=torch.long)
     valid = torch.zeros((), device=device, dtype=torch.long)
     predictions = []
+    confusions = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device, non_blocking=True)
@@ -384,13 +441,35 @@ def evaluate(
             c, v = pixel_correct(logits, y)
             correct += c
             valid += v
-            if keep_predictions:
-                predictions.append(logits.argmax(dim=1))
+            if keep_predictions or num_classes:
+                predicted = logits.argmax(dim=1)
+                if keep_predictions:
+                    predictions.append(predicted)
+                if num_classes:
+                    confusions.append(confusion_per_image(predicted, y, num_classes))
     loss = loss_sum.item() / max(len(images), 1)
     accuracy = correct.item() / max(valid.item(), 1)
-    if not keep_predictions:
-        return loss, accuracy, None
-    return loss, accuracy, torch.cat(predictions).cpu().numpy()
+    dice = foreground_dice(torch.cat(confusions).cpu().numpy()) if confusions else None
+    kept = torch.cat(predictions).cpu().numpy() if keep_predictions else None
+    return Evaluation(loss, accuracy, dice, kept)
+
+
+def evaluate(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    loss_name: str,
+    batch_size: int,
+    device: torch.device,
+    speed: SpeedOptions | None = None,
+    keep_predictions: bool = True,
+) -> tuple[float, float, np.ndarray | None]:
+    """Test loss and pixel accuracy (eval mode) and, if asked, the predicted label maps
+    (:func:`evaluate_scores` without the Dice)."""
+    scores = evaluate_scores(
+        model, images, labels, loss_name, batch_size, device, speed, keep_predictions
+    )
+    return scores.loss, scores.accuracy, scores.predictions
 
 
 # Called after each epoch of a cell, once its checkpoint is written: (result, epoch).
@@ -867,7 +946,7 @@ def _record_epoch(
     predictions after the last epoch (None before)."""
     started = time.perf_counter()
     trainer = cell.trainer
-    test_loss, test_accuracy, predictions = evaluate(
+    test = evaluate_scores(
         trainer.forward,
         cell.test.images,
         cell.test.labels,
@@ -876,7 +955,9 @@ def _record_epoch(
         trainer.device,
         trainer.speed,
         keep_predictions=epoch == settings.epochs,
+        num_classes=settings.num_classes,
     )
+    test_loss, test_accuracy, predictions = test.loss, test.accuracy, test.predictions
     base = {
         "architecture": result.architecture,
         "seed": result.seed,
@@ -890,6 +971,9 @@ def _record_epoch(
             "loss": trained.loss,
             "accuracy": trained.accuracy,
             "seconds": trained.seconds,
+            # Not measured on training batches: the timed loop stays as it was, and a
+            # running mean over augmented batches in training mode is not comparable.
+            "dice": None,
         }
     )
     result.history.append(
@@ -899,6 +983,7 @@ def _record_epoch(
             "loss": test_loss,
             "accuracy": test_accuracy,
             "seconds": time.perf_counter() - started,
+            "dice": test.dice,
         }
     )
     result.train_loss, result.train_accuracy = trained.loss, trained.accuracy

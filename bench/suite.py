@@ -6,6 +6,10 @@ the same command with the same ``--out`` resumes it. SIGINT/SIGTERM stop the sui
 the current batch (:class:`SuiteInterrupted`; ``bench run`` exits 130). Reports are
 rendered at the end by :mod:`bench.report` from the data files alone (``bench report
 RUN_DIR`` does the same later).
+
+Cost up front: before training the suite prints its plan (:func:`plan_line`: cells, how
+many are done, epochs, images); ``--dry-run`` (:func:`dry_run`) prints it with an estimate
+from a few training steps timed per architecture, and trains and writes nothing.
 """
 
 from __future__ import annotations
@@ -13,17 +17,22 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import shlex
 import signal
+import statistics
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
+import torch
 
 import architectures
 from bench import environment, metrics, report
@@ -37,9 +46,18 @@ from bench.data import (
     parse_palette,
 )
 from bench.errors import ConfigError, DataError
-from bench.executors import CellJob, check_executor, make_executor, resolve_threads
+from bench.executors import (
+    CellJob,
+    check_executor,
+    format_duration,
+    lr_search_factor,
+    make_executor,
+    plural,
+    resolve_threads,
+    task_device_name,
+)
 from bench.images import write_mask
-from bench.protocols import ProtocolSplit, get_protocol
+from bench.protocols import Protocol, ProtocolSplit, get_protocol
 from bench.run_dir import (
     FORMAT_VERSION,
     CellKey,
@@ -53,12 +71,19 @@ from bench.runner import (
     CellInterrupted,
     CellResult,
     CellSettings,
+    compute_loss,
+    images_trained,
+    intra_op_threads,
+    model_input,
+    place_model,
     resolve_architectures,
+    resolve_speed,
     select_device,
+    synchronize,
+    to_device_uint8,
     train_cell,
 )
-
-FIGURE_IMAGES = 5  # test images shown in predictions.png
+from bench.tracking import make_tracker
 
 
 @dataclass
@@ -96,6 +121,7 @@ RESUME_IGNORED_KEYS = (
     "cpus_per_task",
     "gpus_per_task",
     "host_memory",
+    "track",
 )
 
 
@@ -160,6 +186,67 @@ def incomplete_reason(
     if not run.checkpoint_path(name, seed, fold).is_file():
         return "no final checkpoint"
     return None
+
+
+def done_cells(
+    run: RunDir,
+    resolved: dict[str, Any],
+    order: list[CellKey],
+    splits: dict[int | None, ProtocolSplit],
+    class_metrics: dict[str, tuple[int, ...]],
+    primary_seed: int,
+) -> tuple[dict[str, Any] | None, dict[CellKey, CellRecord]]:
+    """The earlier config.json of ``run`` (None: a new run) and its cells that need no
+    training again; reads only (a dry run calls it too). Records that cannot be read, and
+    ok cells whose outputs are not whole, are reported on stderr and left out."""
+    earlier = check_resumable(run, resolved)
+    done: dict[CellKey, CellRecord] = {}
+    if not earlier:
+        return earlier, done
+    records, problems = run.load_records()
+    for problem in problems:
+        print(f"bench: {problem}; its cell is trained again", file=sys.stderr)
+    for key in order:
+        if key not in records:
+            continue
+        reason = incomplete_reason(run, records[key], splits[key[2]], class_metrics, primary_seed)
+        if reason:
+            print(f"{cell_stem(*key)}: incomplete ({reason}); training it again", file=sys.stderr)
+            continue
+        done[key] = records[key]
+    return earlier, done
+
+
+def _span(values: list[int]) -> str:
+    """``240``, or ``239-240`` when the folds differ."""
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def plan_line(
+    config: RunConfig,
+    names: list[str],
+    splits: dict[int | None, ProtocolSplit],
+    settings: CellSettings,
+    done: int,
+) -> str:
+    """``plan: 6 cells (2 architectures × 3 seeds × 1 fold), 30 epochs each, 240 training /
+    60 test images per epoch; 2 done, 4 to train``: the cost of a suite before it starts."""
+    cells = len(names) * len(config.seeds) * len(splits)
+    folds = "the fixed split" if list(splits) == [None] else plural(len(splits), "fold")
+    trained = [images_trained(len(s.train), settings.batch_size) for s in splits.values()]
+    tested = [len(s.test) for s in splits.values()]
+    line = (
+        f"plan: {plural(cells, 'cell')} ({plural(len(names), 'architecture')} × "
+        f"{plural(len(config.seeds), 'seed')} × {folds}), {plural(settings.epochs, 'epoch')} each, "
+        f"{_span(trained)} training / {_span(tested)} test images per epoch"
+    )
+    if settings.lr_grid:
+        line += (
+            f", after a learning-rate search over {len(settings.lr_grid)} rates "
+            f"(~{lr_search_factor(settings):g}× the training)"
+        )
+    return line + f"; {done} done, {cells - done} to train"
 
 
 def record_of(cell: CellResult) -> CellRecord:
@@ -242,8 +329,35 @@ def load_suite_dataset(config: RunConfig) -> SegmentationDataset:
     return dataset
 
 
-def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
-    """Train and measure every cell of the suite; return what happened."""
+@dataclass
+class SuitePlan:
+    """What a suite will train, known before anything is trained or written."""
+
+    config: RunConfig
+    names: list[str]  # architectures, in suite order
+    protocol: Protocol
+    dataset: SegmentationDataset
+    splits: dict[int | None, ProtocolSplit]  # per fold (None: the protocol's fixed split)
+    resolved: dict[str, Any]  # the configuration config.json records
+    settings: CellSettings  # every cell's, but for its architecture's options
+    device: Any  # where local cells train; the Ray driver's is the CPU
+
+    @property
+    def order(self) -> list[CellKey]:
+        """Every cell, in suite order (architecture, then seed, then fold)."""
+        return [
+            (name, seed, fold)
+            for name in self.names
+            for seed in self.config.seeds
+            for fold in self.splits
+        ]
+
+
+def plan_suite(config: RunConfig) -> SuitePlan:
+    """Check the configuration against the data and resolve what the suite will train.
+
+    Reads plugins and the dataset; writes nothing (``--dry-run`` stops after it).
+    """
     check_executor(config)
     if config.out:  # an --out that is not ours is refused before any work
         RunDir(config.out).check_can_own()
@@ -276,6 +390,9 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
         raise ConfigError(
             f"--batch-size {batch_size} is larger than the training set ({smallest_train} images)"
         )
+    # Pretrained encoder weights, fetched once now: offline, one clear error before any
+    # training instead of one failed cell per smp baseline; the cells then read the cache.
+    architectures.check_encoder_weights(names, config.encoder, config.encoder_weights)
     resolved = {
         **config.to_dict(),
         "architectures": names,
@@ -290,11 +407,24 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
         # torch threads of every cell: part of a deterministic run's configuration
         "threads": resolve_threads(config, config.out),
     }
-    first_split = next(iter(splits.values()))
+    resolved.pop("dry_run", None)  # how the command was asked to act, not the run's setup
+    settings = CellSettings.from_config(
+        config, defaults, num_classes=len(dataset.class_names), threads=resolved["threads"]
+    )
+    return SuitePlan(config, names, protocol, dataset, splits, resolved, settings, device)
+
+
+def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
+    """Train and measure every cell of the suite; return what happened."""
+    if config.dry_run:
+        raise ConfigError("dry_run: run_suite trains; bench.suite.dry_run(config) plans only")
+    plan = plan_suite(config)
+    protocol, dataset = plan.protocol, plan.dataset
+    first_split = next(iter(plan.splits.values()))
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "command": "bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "config": resolved,
+        "config": plan.resolved,
         "dataset": {
             "name": dataset.name,
             "images": len(dataset),
@@ -322,15 +452,12 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
                 "width_note": architectures.get_spec(name).width_note,
                 "options": cell_options(config, name),
             }
-            for name in names
+            for name in plan.names
         },
-        "environment": environment.describe(device),
+        "environment": environment.describe(plan.device),
         "started_utc": utc_now(),
         "finished_utc": None,
     }
-    settings = CellSettings.from_config(
-        config, defaults, num_classes=len(dataset.class_names), threads=resolved["threads"]
-    )
     run = RunDir(config.out if config.out else new_default_out_dir(protocol.name))
     run.create()
     with run.lock():
@@ -338,10 +465,10 @@ def run_suite(config: RunConfig, argv: list[str] | None = None) -> SuiteOutcome:
             config,
             run,
             meta,
-            names,
-            splits,
-            settings,
-            device,
+            plan.names,
+            plan.splits,
+            plan.settings,
+            plan.device,
             dataset.palette,
             metric_classes(dataset.class_names),
         )
@@ -365,8 +492,7 @@ def _run_locked(
     folds = list(splits)
     order = [(name, seed, fold) for name in names for seed in config.seeds for fold in folds]
     # The same command with the same --out resumes: the finished cells are kept.
-    earlier = check_resumable(run, meta["config"])
-    done: dict[CellKey, CellRecord] = {}
+    earlier, done = done_cells(run, meta["config"], order, splits, class_metrics, primary_seed)
     if earlier:
         meta["command"] = earlier.get("command", meta["command"])
         meta["started_utc"] = earlier.get("started_utc", meta["started_utc"])
@@ -377,27 +503,20 @@ def _run_locked(
             *earlier.get("earlier_environments", []),
             earlier["environment"],
         ]
-        records, problems = run.load_records()
-        for problem in problems:
-            print(f"bench: {problem}; its cell is trained again", file=sys.stderr)
-        for key in order:
-            if key not in records:
-                continue
-            reason = incomplete_reason(
-                run, records[key], splits[key[2]], class_metrics, primary_seed
-            )
-            if reason:
-                print(
-                    f"{cell_stem(*key)}: incomplete ({reason}); training it again", file=sys.stderr
-                )
-                continue
-            done[key] = records[key]
+        for key in done:
             # A kill between the record and this deletion leaves the epoch checkpoint.
             run.resume_path(*key).unlink(missing_ok=True)
         print(f"resuming {run.path}: {len(done)} cell(s) already done", file=sys.stderr)
+    print(plan_line(config, names, splits, settings, len(done)), file=sys.stderr, flush=True)
     run.write_meta(meta)
     for split in splits.values():
         write_test_images(run, split, palette)
+    # --track: each finished cell's event file, made from its committed record. The cells
+    # done before a resume are (re)written too: identical bytes, and --track may be new.
+    tracker = make_tracker(config.track, run.path, meta)
+    for key in order:
+        if key in done:
+            tracker.write_cell(done[key])
 
     # Rows are written in suite order whatever order the executor finishes cells in, so a
     # run's files do not depend on where its cells ran.
@@ -418,17 +537,20 @@ def _run_locked(
         run.write_tables([finished[key] for key in order if key in finished])
 
     stop = threading.Event()
-    executor = make_executor(config, stop, device, settings.progress, train=train_cell)
+    executor = make_executor(
+        config, stop, device, settings.progress, train=train_cell, total_cells=len(order)
+    )
     try:
         with stop_on_signals(stop), closing(executor.run(jobs, splits, class_metrics)) as results:
-            for cell in results:
+            for number, cell in enumerate(results, start=len(done) + 1):
                 record = record_of(cell)
                 # Outputs first, the record last: a cell is done exactly when its record
                 # exists, and until then its epoch checkpoint is kept.
                 save_cell_outputs(run, cell, splits[cell.fold], palette, primary_seed)
                 run.commit_cell(record)
+                tracker.write_cell(record)
                 run.resume_path(*record.key).unlink(missing_ok=True)
-                print(summary_line(record), flush=True)
+                print(summary_line(record, f"[cell {number}/{len(order)}]"), flush=True)
                 finished[record.key] = record
                 write_rows()
         write_rows()  # also when every cell was done before
@@ -437,6 +559,14 @@ def _run_locked(
         command = meta["command"]
         if not config.out:  # the default out dir is new each time: name this one
             command += f" --out {shlex.quote(str(run.path))}"
+        try:  # the finished cells' report, with its "Partial run" banner
+            report.render_locked(run, meta)
+        except (Exception, KeyboardInterrupt) as error:  # never hide how to resume
+            print(
+                f"bench: partial report not rendered ({error!r}); "
+                f"`bench report {run.path}` renders it",
+                file=sys.stderr,
+            )
         raise SuiteInterrupted(run.path, command) from None
 
     meta["environment"].update(executor.environment())
@@ -446,35 +576,221 @@ def _run_locked(
     return SuiteOutcome(run.path, [finished[key] for key in order])
 
 
+@dataclass(frozen=True)
+class CostEstimate:
+    """A rough time of one architecture's cells, from a few training steps timed on one
+    batch of the real input size (:func:`time_steps`)."""
+
+    architecture: str
+    cells: int  # still to train
+    epochs: int
+    steps: int  # training steps per epoch
+    test_batches: int  # evaluated after every epoch, and once more for the final scores
+    factor: float  # trainings per cell (--lr-search: more than 1)
+    step_seconds: float | None = None  # median of the timed training steps
+    test_batch_seconds: float | None = None  # median of the timed test batches
+    error: str = ""  # why it could not be timed
+
+    @property
+    def cell_seconds(self) -> float | None:
+        if self.step_seconds is None or self.test_batch_seconds is None:
+            return None
+        training = self.epochs * self.steps * self.step_seconds * self.factor
+        return training + (self.epochs + 1) * self.test_batches * self.test_batch_seconds
+
+
+WARMUP_STEPS = 1  # not timed: first-call costs (allocations, cuDNN's search, compilation)
+TIMED_STEPS = 3
+TIMED_TEST_BATCHES = 2
+
+
+def time_steps(
+    architecture: str,
+    split: ProtocolSplit,
+    settings: CellSettings,
+    device: Any,
+) -> tuple[float, float]:
+    """Seconds of one training step and of one test batch (eval mode) of ``architecture``
+    on ``device``, each a median after a warm-up, on the first training batch of ``split``
+    at its real (padded) size, with the cell's speed options and threads."""
+    with intra_op_threads(settings.threads):
+        speed = resolve_speed(settings.amp, settings.channels_last, settings.compile, device)
+        model = architectures.build(
+            architecture,
+            num_classes=settings.num_classes,
+            in_channels=3,
+            width=settings.width,
+            **settings.options,
+        )
+        forward = place_model(model, device, speed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+        scaler = torch.amp.GradScaler(device.type, enabled=speed.amp_dtype is torch.float16)
+        n = min(settings.batch_size, len(split.train))
+        x = model_input(to_device_uint8(split.train.images[:n], device), speed.channels_last)
+        y = torch.from_numpy(split.train.labels[:n]).to(device)
+
+        def train_step() -> None:
+            with speed.autocast(device):
+                logits = forward(x)
+            loss = compute_loss(settings.loss, logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+        def test_batch() -> None:
+            with torch.no_grad(), speed.autocast(device):
+                forward(x).argmax(dim=1)
+
+        def median_seconds(step: Callable[[], None], times: int) -> float:
+            seconds = []
+            for _ in range(times):
+                synchronize(device)
+                started = time.perf_counter()
+                step()
+                synchronize(device)
+                seconds.append(time.perf_counter() - started)
+            return statistics.median(seconds)
+
+        model.train()
+        median_seconds(train_step, WARMUP_STEPS)
+        step_seconds = median_seconds(train_step, TIMED_STEPS)
+        model.eval()
+        median_seconds(test_batch, 1)  # eval mode's own first call
+        return step_seconds, median_seconds(test_batch, TIMED_TEST_BATCHES)
+
+
+def estimate_costs(
+    plan: SuitePlan, to_train: dict[str, int], device: Any
+) -> Iterator[CostEstimate]:
+    """A :class:`CostEstimate` per architecture with cells to train, timed as it goes."""
+    settings = plan.settings
+    largest = max(plan.splits.values(), key=lambda s: len(s.train))
+    trained = images_trained(len(largest.train), settings.batch_size)
+    tested = max(len(s.test) for s in plan.splits.values())
+    for name in plan.names:
+        if not to_train.get(name):
+            continue
+        estimate = CostEstimate(
+            name,
+            cells=to_train[name],
+            epochs=settings.epochs,
+            steps=math.ceil(trained / settings.batch_size),
+            test_batches=math.ceil(tested / settings.batch_size),
+            factor=lr_search_factor(settings),
+        )
+        cell_settings = dataclasses.replace(settings, options=cell_options(plan.config, name))
+        try:
+            step, test = time_steps(name, largest, cell_settings, device)
+        except Exception as error:  # a model that cannot train here (out of memory included)
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            yield dataclasses.replace(estimate, error=f"{type(error).__name__}: {first_line}")
+            continue
+        yield dataclasses.replace(estimate, step_seconds=step, test_batch_seconds=test)
+
+
+def dry_run(config: RunConfig, out: TextIO | None = None) -> None:
+    """``bench run --dry-run``: print the plan and a rough time estimate to ``out``
+    (stdout), without training or writing anything (``--out`` is only read, to count the
+    cells a resumed run would skip)."""
+    out = out or sys.stdout
+    plan = plan_suite(config)
+    order = plan.order
+    done: dict[CellKey, CellRecord] = {}
+    if config.out and RunDir(config.out).is_run():
+        _, done = done_cells(
+            RunDir(config.out),
+            plan.resolved,
+            order,
+            plan.splits,
+            metric_classes(plan.dataset.class_names),
+            config.seeds[0],
+        )
+    print(plan_line(config, plan.names, plan.splits, plan.settings, len(done)), file=out)
+    to_train = Counter(key[0] for key in order if key not in done)
+    if not to_train:
+        print("estimate: nothing to train", file=out)
+        return
+    device, where = plan.device, ""
+    if config.executor == "ray":  # timed here, on the kind of device the tasks will use
+        try:
+            device = select_device(task_device_name(config.device, config.gpus_per_task))
+        except ConfigError:
+            device, where = select_device("cpu"), " (the Ray tasks' device is not here)"
+    settings = plan.settings
+    height, width = next(iter(plan.splits.values())).train.labels.shape[1:]
+    print(
+        f"estimate (rough): per architecture, the median of {TIMED_STEPS} training steps "
+        f"(after {WARMUP_STEPS} warm-up) and of {TIMED_TEST_BATCHES} test batches, timed on "
+        f"{device}{where} with a batch of {settings.batch_size} {height}×{width} training "
+        "images; × steps per epoch × epochs (+ a test pass per epoch and the final one) × "
+        "cells",
+        file=out,
+        flush=True,
+    )
+    total, cells, failed = 0.0, 0, []
+    width_of_name = max(len(name) for name in to_train)
+    for estimate in estimate_costs(plan, to_train, device):
+        name = estimate.architecture.ljust(width_of_name)
+        cell_seconds = estimate.cell_seconds
+        if cell_seconds is None:
+            failed.append(estimate.architecture)
+            print(f"  {name}  could not be timed: {estimate.error}", file=out, flush=True)
+            continue
+        search = f" × {estimate.factor:g} (lr search)" if estimate.factor != 1 else ""
+        print(
+            f"  {name}  {estimate.step_seconds:.3g} s/step × {estimate.steps} steps"
+            f"{search} × {estimate.epochs} epochs, {estimate.test_batch_seconds:.3g} s/test "
+            f"batch × {estimate.test_batches}: {format_duration(cell_seconds)} per cell × "
+            f"{estimate.cells} = {format_duration(cell_seconds * estimate.cells)}",
+            file=out,
+            flush=True,
+        )
+        total += cell_seconds * estimate.cells
+        cells += estimate.cells
+    line = f"estimate: ~{format_duration(total)} for {plural(cells, 'cell')} on {device}{where}"
+    if failed:
+        line += f" (not counted: {', '.join(failed)})"
+    if config.executor == "ray":
+        line += "; Ray runs cells side by side, so the wall time is shorter"
+    print(
+        line + ". Not counted: building models, writing checkpoints and predictions, the "
+        "report; a busy or throttled machine is slower",
+        file=out,
+    )
+
+
 def cell_options(config: RunConfig, name: str) -> dict[str, Any]:
     """Architecture options of a cell: the encoder, for the segmentation-models baselines."""
-    return architectures.architecture_options(name, config.encoder)
+    return architectures.architecture_options(name, config.encoder, config.encoder_weights)
 
 
-def summary_line(record: CellRecord) -> str:
+def summary_line(record: CellRecord, counter: str = "") -> str:
+    """A finished cell in one line, after ``counter`` (``[cell 3/6]``) if given."""
     row = record.row
     where = f"seed {row['seed']}" + (f", fold {row['fold']}" if row["fold"] is not None else "")
+    head = f"{counter} " if counter else ""
     if row["status"] != "ok":
-        return f"{row['architecture']} ({where}): FAILED: {row['error']}"
+        return f"{head}{row['architecture']} ({where}): FAILED: {row['error']}"
     classes = dict.fromkeys(r["class"] for r in record.per_image)
     dice = ", ".join(
         f"{name} {np.mean([r['dice'] for r in record.per_image if r['class'] == name]):.4f}"
         for name in classes
     )
     return (
-        f"{row['architecture']} ({where}): test acc {row['test_accuracy']:.4f}, Dice {dice}, "
+        f"{head}{row['architecture']} ({where}): test acc {row['test_accuracy']:.4f}, Dice {dice}, "
         f"train {row['train_seconds']:.1f} s ({row['images_per_second']:.1f} img/s)"
     )
 
 
 def write_test_images(run: RunDir, split: ProtocolSplit, palette: tuple[int, ...]) -> None:
-    """Ground truth of every test image (and inputs of the figure's images), original size."""
+    """Ground truth and input of every test image, original size (predictions.png picks
+    its rows among them by their scores)."""
     test = split.test
     for i, image_id in enumerate(test.image_ids):
         h, w = test.sizes[i]
         write_mask(run.truth_path(image_id), test.labels[i, :h, :w], palette)
-        if i < FIGURE_IMAGES:
-            atomic_write_png(run.input_path(image_id), test.images[i, :h, :w])
+        atomic_write_png(run.input_path(image_id), test.images[i, :h, :w])
 
 
 def save_cell_outputs(

@@ -69,7 +69,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("training loop", ("bench.runner",)),
     ("run directory", ("bench.run_dir",)),
     ("statistics and aggregation", ("bench.stats", "bench.aggregate")),
-    ("reports and comparisons", ("bench.report", "bench.compare")),
+    ("reports and comparisons", ("bench.report", "bench.compare", "bench.tracking")),
     ("combined runs", ("bench.combine",)),
     (
         "running models: executors, performance, prediction",

@@ -219,7 +219,7 @@ def test_real_images_thesis_protocol(wbc_dir, tmp_path):
     meta = json.loads((out / "config.json").read_text())
     assert meta["protocol"]["train_images"] + meta["protocol"]["test_images"] == 32
     report = (out / "report.md").read_text()
-    assert "thesis 2019 (published)" in report  # the thesis's rows stand beside ours
+    assert "thesis 2019 (published; Keras" in report  # the thesis's rows stand beside ours
     assert "0.9882 ± 0.0013" in report  # U-Net's published nucleus Dice, from the CSV
     _, per_image = read_rows(out / "per_image.csv")
     truth_ids = {p.stem for p in (out / "truth").glob("*.png")}
