@@ -304,7 +304,11 @@ def render_markdown(
         *statistics_section(statistics, stats.primary_classes(meta["dataset"]["class_names"])),
         *cost_section(summary, reference),
         *failures_section(summary),
-        *figures_section(thesis),
+        *figures_section(
+            thesis,
+            compared=sum(1 for r in statistics if r.get("image_mean") is not None) >= 2,
+            predicted=any(r["status"] == "ok" for r in tables.cells),
+        ),
     ]
     return "\n".join(out)
 
@@ -897,36 +901,63 @@ def failures_section(summary: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def figures_section(thesis: bool = False) -> list[str]:
-    """The figures :func:`render_curves` and :func:`render_predictions` draw."""
+def figures_section(
+    thesis: bool = False, compared: bool = False, predicted: bool = False
+) -> list[str]:
+    """The figures :func:`render_figures` draws: ``accuracy_cost.png`` when two or more
+    architectures have results (``compared``), ``confusion.png`` when a cell predicted."""
 
     def also(figure: int) -> str:
         return f" (thesis Figure {figure})" if thesis else ""
 
-    return [
-        "## Figures",
-        "",
-        "Per epoch, every architecture on shared axes (line: mean over runs; band: lowest to "
-        "highest run): test foreground Dice, test loss and train loss.",
-        "",
-        "![curves](curves.png)",
-        "",
-        f"Loss per epoch{also(6)}:",
-        "",
-        "![loss](curves_loss.png)",
-        "",
-        f"Accuracy per epoch{also(5)} (pixel accuracy counts the background too: compare "
-        "architectures by Dice):",
-        "",
-        "![accuracy](curves_accuracy.png)",
-        "",
-        f"Predictions{also(7)}: the best, median and worst test image by the architectures' "
-        "mean foreground Dice and the one they disagree on most; input, each architecture "
-        "(with its Dice on the image), ground truth; class colours in the legend.",
-        "",
-        "![predictions](predictions.png)",
-        "",
-    ]
+    return (
+        [
+            "## Figures",
+            "",
+            "Per epoch, every architecture on shared axes (line: mean over runs; band: lowest to "
+            "highest run): test foreground Dice, test loss and train loss.",
+            "",
+            "![curves](curves.png)",
+            "",
+            f"Loss per epoch{also(6)}:",
+            "",
+            "![loss](curves_loss.png)",
+            "",
+            f"Accuracy per epoch{also(5)} (pixel accuracy counts the background too: compare "
+            "architectures by Dice):",
+            "",
+            "![accuracy](curves_accuracy.png)",
+            "",
+            f"Predictions{also(7)}: the best, median and worst test image by the architectures' "
+            "mean foreground Dice and the one they disagree on most; input, each architecture "
+            "(with its Dice on the image), ground truth; class colours in the legend.",
+            "",
+            "![predictions](predictions.png)",
+            "",
+        ]
+        + (
+            [
+                "Accuracy against cost: the primary endpoint (95 % CI over test images) against "
+                "training time and parameters; filled points are on the Pareto front.",
+                "",
+                "![accuracy and cost](accuracy_cost.png)",
+                "",
+            ]
+            if compared
+            else []
+        )
+        + (
+            [
+                "Confusion matrices normalised by the truth (numbers in `confusion.csv`): where "
+                "each true class's pixels went.",
+                "",
+                "![confusion](confusion.png)",
+                "",
+            ]
+            if predicted
+            else []
+        )
+    )
 
 
 def _p(value: float | None) -> str:
@@ -1459,10 +1490,217 @@ def render_predictions(run: RunDir, meta: dict[str, Any], tables: RunTables) -> 
     save(figure, run.figure_path("predictions"))
 
 
+def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
+    """The names of ``points`` (``(name, cost, score)``) on the Pareto front: no other point
+    has a cost as low and a score as high, and one of them strictly better. Lower cost and
+    higher score are better; a point with a missing (NaN) value is on no front. The names
+    come in the order of ``points``."""
+    valid = [(n, c, s) for n, c, s in points if not (math.isnan(c) or math.isnan(s))]
+    return [
+        name
+        for name, cost, score in valid
+        if not any(c <= cost and s >= score and (c < cost or s > score) for _, c, s in valid)
+    ]
+
+
+def _read_table(run: RunDir, name: str) -> list[dict[str, str]]:
+    from bench.run_dir import read_csv
+
+    return read_csv(run.table_path(name))
+
+
+def render_accuracy_cost(run: RunDir, meta: dict[str, Any], tables: RunTables) -> None:
+    """``accuracy_cost.png``: the primary endpoint (mean foreground Dice over the test
+    images, 95 % CI ≈ ±1.96 SEM) against the training time per run and against the
+    parameters, one point per architecture, from ``summary.csv`` and ``statistics.csv``.
+    The Pareto front (higher Dice, lower cost) is a step line through filled points;
+    dominated points are hollow; flagged architectures are triangles marked "⚠". Drawn only
+    when two or more architectures have a score."""
+    summary = {r["architecture"]: r for r in _read_table(run, "summary")}
+    points = []
+    for row in _read_table(run, "statistics"):
+        name = row["architecture"]
+        mean, sem = _num(row.get("image_mean")), _num(row.get("image_sem"))
+        if name in summary and mean is not None and not math.isnan(mean):
+            half = 1.96 * sem if sem is not None and not math.isnan(sem) else 0.0
+            points.append((name, mean, half, int(_num(row.get("images")) or 0), summary[name]))
+    if len(points) < 2:
+        return
+    plt, save = _figure_saver()
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
+    panels = (
+        ("train_seconds", "training time per run (s)", False),
+        ("params", "parameters (log scale)", True),
+    )
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (column, xlabel, log) in zip(axes, panels, strict=True):
+        costs = {name: _num(extra.get(column)) for name, *_, extra in points}
+        usable = [
+            (name, cost, mean)
+            for name, mean, *_ in points
+            if (cost := costs[name]) is not None and not math.isnan(cost) and (cost > 0 or not log)
+        ]
+        front = set(pareto_front(usable))
+        for i, (name, mean, half, _images, extra) in enumerate(points):
+            cost = costs[name]
+            if not any(name == u[0] for u in usable):
+                continue
+            flagged = bool(str(extra.get("flags") or "").strip())
+            colour = colours[i % len(colours)]
+            ax.errorbar(
+                cost,
+                mean,
+                yerr=half,
+                fmt="^" if flagged else "o",
+                markersize=8,
+                color=colour,
+                markerfacecolor=colour if name in front else "white",
+                capsize=3,
+                zorder=3,
+            )
+            ax.annotate(
+                f"⚠ {name}" if flagged else name,
+                (cost, mean),
+                xytext=(6, 4),
+                textcoords="offset points",
+                fontsize=8,
+            )
+        steps = sorted((c, s) for n, c, s in usable if n in front)
+        if len(steps) > 1:
+            xs, ys = zip(*steps, strict=True)
+            ax.step(
+                xs, ys, where="post", color="0.5", linestyle="--", zorder=1, label="Pareto front"
+            )
+            ax.legend(loc="lower right", fontsize=8, frameon=False)
+        if log and usable:
+            ax.set_xscale("log")
+            # a narrow range: widen it to hold a power of ten, and no crowded minor labels
+            from matplotlib.ticker import NullFormatter
+
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            low, high = min(u[1] for u in usable), max(u[1] for u in usable)
+            if high / low < 10:
+                ax.set_xlim(low / 3.5, high * 3.5)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("foreground Dice (mean over test images)")
+        ax.grid(alpha=0.3)
+    n = sorted({images for *_, images, _ in points})
+    figure.suptitle(
+        "Accuracy against cost. Bars: 95 % CI (±1.96 SEM over "
+        f"n = {'/'.join(str(i) for i in n)} test images). Filled: on the Pareto front "
+        "(higher Dice, lower cost); hollow: dominated; ▲ ⚠: flagged.",
+        fontsize=8,
+        color="0.3",
+    )
+    save(figure, run.figure_path("accuracy_cost"))
+
+
+#: Columns of ``confusion.csv`` (:func:`render_confusion`).
+CONFUSION_COLUMNS = ("architecture", "true_class", "predicted_class", "pixels", "fraction")
+
+
+def confusion_counts(run: RunDir, meta: dict[str, Any], architecture: str) -> np.ndarray | None:
+    """``(K, K)`` pixel counts (rows: true class, columns: predicted class) over every test
+    image of ``architecture``'s saved primary-seed predictions; None without any."""
+    from bench.images import mask_to_classes, read_mask
+
+    palette = {int(grey): index for index, grey in enumerate(meta["dataset"]["palette"])}
+    k = len(meta["dataset"]["class_names"])
+    seed = meta["config"]["seeds"][0]
+    folder = run.prediction_path(architecture, seed, "_", seed).parent
+    counts = np.zeros((k, k), dtype=np.int64)
+    seen = False
+    for path in sorted(folder.glob("*.png")):
+        truth_path = run.truth_path(path.stem)
+        if not truth_path.is_file():
+            continue
+        truth, _ = mask_to_classes(read_mask(truth_path), palette)
+        predicted, _ = mask_to_classes(read_mask(path), palette)
+        if truth.shape != predicted.shape:
+            continue
+        pairs = truth.astype(np.int64).ravel() * k + predicted.astype(np.int64).ravel()
+        counts += np.bincount(pairs, minlength=k * k)[: k * k].reshape(k, k)
+        seen = True
+    return counts if seen else None
+
+
+def render_confusion(run: RunDir, meta: dict[str, Any], tables: RunTables) -> None:
+    """``confusion.csv`` and ``confusion.png``: each architecture's confusion matrix over
+    its primary-seed test predictions, normalised by the truth (each row sums to 1).
+    Architectures without saved predictions are left out."""
+    class_names = list(meta["dataset"]["class_names"])
+    names = list(dict.fromkeys(r["architecture"] for r in tables.cells))
+    matrices = {}
+    for name in names:
+        counts = confusion_counts(run, meta, name)
+        if counts is not None:
+            matrices[name] = counts
+    rows = []
+    fractions = {}
+    for name, counts in matrices.items():
+        totals = counts.sum(axis=1, keepdims=True)
+        fraction = np.divide(counts, totals, out=np.full(counts.shape, np.nan), where=totals > 0)
+        fractions[name] = fraction
+        for t, true_class in enumerate(class_names):
+            for p, predicted_class in enumerate(class_names):
+                rows.append(
+                    {
+                        "architecture": name,
+                        "true_class": true_class,
+                        "predicted_class": predicted_class,
+                        "pixels": int(counts[t, p]),
+                        "fraction": _nan_none(float(fraction[t, p])),
+                    }
+                )
+    write_csv(run.table_path("confusion"), CONFUSION_COLUMNS, rows)
+    if not matrices:
+        return
+    plt, save = _figure_saver()
+    k = len(class_names)
+    side = 0.75 * k + 1.2
+    figure, axes = plt.subplots(
+        1,
+        len(matrices),
+        figsize=(side * len(matrices) + 0.8, side + 0.6),
+        squeeze=False,
+        layout="constrained",
+    )
+    image = None
+    for ax, (name, fraction) in zip(axes[0], fractions.items(), strict=True):
+        image = ax.imshow(np.nan_to_num(fraction), cmap="Blues", vmin=0.0, vmax=1.0)
+        for t in range(k):
+            for p in range(k):
+                value = fraction[t, p]
+                ax.text(
+                    p,
+                    t,
+                    "–" if math.isnan(value) else f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if not math.isnan(value) and value > 0.6 else "black",
+                )
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(range(k), class_names, fontsize=7, rotation=30)
+        ax.set_yticks(range(k), class_names, fontsize=7)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+    figure.colorbar(image, ax=list(axes[0]), shrink=0.8, label="share of the true class")
+    seed = meta["config"]["seeds"][0]
+    figure.suptitle(
+        f"Confusion normalised by the truth (rows sum to 1), seed {seed}, all test pixels",
+        fontsize=8,
+        color="0.3",
+    )
+    save(figure, run.figure_path("confusion"))
+
+
 def render_figures(run: RunDir, meta: dict[str, Any], tables: RunTables) -> None:
     """Every figure of the run (:data:`FIGURE_NAMES`), from its tables and saved maps."""
     render_curves(run, meta, tables)
     render_predictions(run, meta, tables)
+    render_accuracy_cost(run, meta, tables)
+    render_confusion(run, meta, tables)
 
 
 def render_run(run_dir: str | Path) -> Path:
