@@ -22,53 +22,31 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.compare import setting_differences
+from bench.config import PLACEMENT_KEYS
 from bench.errors import ConfigError
 from bench.run_dir import FORMAT_VERSION, CellRecord, RunDir
 
 #: Keys of the resolved configuration that do not have to match: where and how cells ran
 #: (placement, not method), what was trained (the point of combining), and the smp encoder
 #: (recorded per architecture in config.json's ``architectures``).
-NOT_COMPARED = frozenset(
-    {
-        "architectures",
-        "all",
-        "plugins",
-        "encoder",
-        "encoder_weights",
-        "track",
-        "out",
-        "config",
-        "progress",
-        "executor",
-        "ray_address",
-        "cpus_per_task",
-        "gpus_per_task",
-        "host_memory",
-        "threads",
-        "data_dir",
-    }
-)
+NOT_COMPARED = PLACEMENT_KEYS | {
+    "architectures",
+    "all",
+    "plugins",
+    "encoder",
+    "encoder_weights",
+    "threads",
+    "data_dir",
+}
 PROTOCOL_KEYS = ("name", "train_images", "test_images", "input_size", "leaked_test_images")
 DATASET_KEYS = ("name", "images", "class_names", "palette")
 
 
-def _plain(value: Any) -> Any:
-    return json.loads(json.dumps(value))
-
-
 def differences(first: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
     """``key: a -> b`` for each setting in which two runs' config.json differ."""
-    found = []
-    a, b = _plain(first["config"]), _plain(other["config"])
-    for key in sorted((set(a) | set(b)) - NOT_COMPARED):
-        if a.get(key) != b.get(key):
-            found.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
-    for part, keys in (("dataset", DATASET_KEYS), ("protocol", PROTOCOL_KEYS)):
-        for key in keys:
-            old, new = _plain(first[part].get(key)), _plain(other[part].get(key))
-            if old != new:
-                found.append(f"{part} {key}: {old!r} -> {new!r}")
-    return found
+    parts = {"dataset": DATASET_KEYS, "protocol": PROTOCOL_KEYS}
+    return setting_differences(first, other, NOT_COMPARED, parts, arrow="->")
 
 
 def provenance(run: RunDir, meta: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from scipy import stats as scipy_stats
 
 from bench import stats
 from bench.atomic import atomic_write_text
+from bench.config import PLACEMENT_KEYS
 from bench.errors import ConfigError
 from bench.flags import architecture_flags
 from bench.run_dir import RunDir, RunTables, write_csv
@@ -48,18 +49,6 @@ COMPARISON_COLUMNS = (
     "image_ci_high",
     "image_p_value",
 )
-#: Keys of config.json's configuration that say nothing about the method.
-_PLACEMENT_KEYS = {
-    "out",
-    "progress",
-    "config",
-    "executor",
-    "ray_address",
-    "cpus_per_task",
-    "gpus_per_task",
-    "host_memory",
-    "track",
-}
 
 
 def seed_means(
@@ -136,20 +125,32 @@ def compare_tables(
     return rows
 
 
-def configuration_changes(first: Mapping[str, Any], second: Mapping[str, Any]) -> list[str]:
-    """``key: old -> new`` for every method-relevant key of config.json that differs."""
-    a = json.loads(json.dumps(first["config"]))
-    b = json.loads(json.dumps(second["config"]))
+def setting_differences(
+    first: Mapping[str, Any],
+    second: Mapping[str, Any],
+    ignored: Collection[str],
+    parts: Mapping[str, Sequence[str]],
+    arrow: str = "→",
+) -> list[str]:
+    """``key: old <arrow> new`` for every key of two config.json's ``config`` that differs
+    (but ``ignored``), then ``part key: ...`` for the listed keys of other ``parts``
+    (``{"protocol": ("train_images", ...)}``). Values are compared as JSON stores them."""
+    a, b = _plain(first["config"]), _plain(second["config"])
     changes = [
-        f"{key}: {a.get(key)!r} → {b.get(key)!r}"
-        for key in sorted(set(a) | set(b))
-        if key not in _PLACEMENT_KEYS and a.get(key) != b.get(key)
+        f"{key}: {a.get(key)!r} {arrow} {b.get(key)!r}"
+        for key in sorted((set(a) | set(b)) - set(ignored))
+        if a.get(key) != b.get(key)
     ]
-    for key in ("train_images", "test_images", "leaked_test_images"):
-        old, new = first["protocol"].get(key), second["protocol"].get(key)
-        if old != new:
-            changes.append(f"protocol {key}: {old!r} → {new!r}")
+    for part, keys in parts.items():
+        for key in keys:
+            old, new = _plain(first[part].get(key)), _plain(second[part].get(key))
+            if old != new:
+                changes.append(f"{part} {key}: {old!r} {arrow} {new!r}")
     return changes
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))
 
 
 def _fmt(value: float | None, signed: bool = False) -> str:
@@ -188,7 +189,17 @@ def compare_runs(first_dir: str, second_dir: str) -> tuple[str, list[dict[str, A
         "```",
         "",
         "Differences in configuration: "
-        + ("; ".join(configuration_changes(first_meta, second_meta)) or "none")
+        + (
+            "; ".join(
+                setting_differences(
+                    first_meta,
+                    second_meta,
+                    PLACEMENT_KEYS,
+                    {"protocol": ("train_images", "test_images", "leaked_test_images")},
+                )
+            )
+            or "none"
+        )
         + ".",
         "",
         f"Endpoint: per-image foreground Dice (mean Dice over {primary}), on the test images "

@@ -322,6 +322,24 @@ def float_list(text: str) -> list[float]:
 # ---------------------------------------------------------------------------- bench run's options
 
 
+#: RunConfig keys that change no result: where cells run and how, where the run is written,
+#: what is printed and tracked. A resumed run may differ in them (bench.suite), and so may
+#: two runs compared or combined (bench.compare, bench.combine).
+PLACEMENT_KEYS = frozenset(
+    {
+        "out",
+        "progress",
+        "config",
+        "executor",
+        "ray_address",
+        "cpus_per_task",
+        "gpus_per_task",
+        "host_memory",
+        "track",
+    }
+)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One ``bench run``: each field is a flag, a TOML key and its own checks (:func:`option`)."""

@@ -5,7 +5,7 @@ the model *is* lives in the run's ``config.json``: the width, the architecture's
 smp encoder), the classes and their palette, the protocol's input size, the plugins that
 registered the architecture, and the speed options the cell was evaluated with. This module
 rebuilds the model from those, loads the weights, and predicts each image exactly the way
-the run's evaluation did (:func:`bench.runner.evaluate`): the image is padded at the
+the run's evaluation did (:func:`bench.runner.evaluate_scores`): the image is padded at the
 bottom/right with zeros to the run's input size (as :mod:`bench.protocols` pads test
 images), batched with the run's batch size, fed as float/255 in the run's memory format
 and autocast mode, and the argmax over the classes is cropped back to the image's size. On

@@ -454,24 +454,6 @@ def evaluate_scores(
     return Evaluation(loss, accuracy, dice, kept)
 
 
-def evaluate(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    loss_name: str,
-    batch_size: int,
-    device: torch.device,
-    speed: SpeedOptions | None = None,
-    keep_predictions: bool = True,
-) -> tuple[float, float, np.ndarray | None]:
-    """Test loss and pixel accuracy (eval mode) and, if asked, the predicted label maps
-    (:func:`evaluate_scores` without the Dice)."""
-    scores = evaluate_scores(
-        model, images, labels, loss_name, batch_size, device, speed, keep_predictions
-    )
-    return scores.loss, scores.accuracy, scores.predictions
-
-
 # Called after each epoch of a cell, once its checkpoint is written: (result, epoch).
 EpochCallback = Callable[[CellResult, int], None]
 
@@ -1027,7 +1009,7 @@ def _finish(
     """The cell's final record: timing, peak memory, every test image's metrics, weights."""
     trainer = cell.trainer
     if predictions is None:  # cut after the last epoch's checkpoint: measure the weights
-        _, _, predictions = evaluate(
+        predictions = evaluate_scores(
             trainer.forward,
             cell.test.images,
             cell.test.labels,
@@ -1035,7 +1017,7 @@ def _finish(
             settings.batch_size,
             trainer.device,
             trainer.speed,
-        )
+        ).predictions
     assert predictions is not None
     train_seconds = cell.train_seconds
     result.train_seconds = train_seconds
@@ -1140,7 +1122,7 @@ def search_lr(
                 leave=False,
             ):
                 _train_epoch(trainer, fit_data, n_fit, epoch, stop)
-            loss, _, predictions = evaluate(
+            evaluation = evaluate_scores(
                 trainer.forward,
                 validation_data.images,
                 validation_data.labels,
@@ -1149,6 +1131,7 @@ def search_lr(
                 device,
                 speed,
             )
+            loss, predictions = evaluation.loss, evaluation.predictions
             if not math.isfinite(loss):
                 raise NonFiniteLoss(f"validation loss is {loss}")
             assert predictions is not None

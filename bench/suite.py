@@ -37,7 +37,7 @@ import torch
 import architectures
 from bench import environment, metrics, report
 from bench.atomic import atomic_write_png
-from bench.config import DEFAULT_LR_GRID, RunConfig
+from bench.config import DEFAULT_LR_GRID, PLACEMENT_KEYS, RunConfig
 from bench.data import (
     WBC_CLASS_NAMES,
     SegmentationDataset,
@@ -109,26 +109,10 @@ class SuiteInterrupted(Exception):
         self.command = command
 
 
-# Keys of the resolved config that may differ between a run and its resumption: they do
-# not change any result (where a cell runs, and where its host memory comes from, are
-# placement, not method).
-RESUME_IGNORED_KEYS = (
-    "out",
-    "progress",
-    "config",
-    "executor",
-    "ray_address",
-    "cpus_per_task",
-    "gpus_per_task",
-    "host_memory",
-    "track",
-)
-
-
 def _comparable(resolved: dict[str, Any]) -> dict[str, Any]:
     # Through JSON, as config.json stores it (tuples become lists); plugin order is free.
     values = json.loads(json.dumps(resolved))
-    for key in RESUME_IGNORED_KEYS:
+    for key in PLACEMENT_KEYS:  # they may differ between a run and its resumption
         values.pop(key, None)
     values["plugins"] = sorted(values.get("plugins") or [])
     return values

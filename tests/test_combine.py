@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,21 +10,9 @@ import pytest
 
 from bench.cli import main
 
-from tiny_runs import run_argv
+from tiny_runs import checksums, run_argv, tiny_plugin_source
 
-PLUGIN = """
-import torch
-from architectures import register_architecture
-
-
-@register_architecture("my_model")
-def my_model(num_classes=3, in_channels=3, width=1.0):
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(in_channels, 8, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(8, num_classes, 1),
-    )
-"""
+PLUGIN = tiny_plugin_source("my_model")
 
 SETTINGS = {"seeds": [0, 1], "epochs": 1, "deterministic": True}
 
@@ -33,14 +20,6 @@ SETTINGS = {"seeds": [0, 1], "epochs": 1, "deterministic": True}
 def rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def checksums(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ seeds; first of all what the thesis's leak changed (thesis vs thesis-noleak)."""
 from __future__ import annotations
 
 import csv
-import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,21 +13,9 @@ from bench.cli import main
 from bench.compare import compare_tables, t_interval
 from bench.run_dir import RunTables
 
-from tiny_runs import run_argv
+from tiny_runs import checksums, run_argv, tiny_plugin_source
 
-PLUGIN = """
-import torch
-from architectures import register_architecture
-
-
-@register_architecture("tiny_fcn")
-def tiny_fcn(num_classes=3, in_channels=3, width=1.0):
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(in_channels, 8, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(8, num_classes, 1),
-    )
-"""
+PLUGIN = tiny_plugin_source("tiny_fcn")
 
 
 def rows(name, seed, values, classes=("cytoplasm", "nucleus")):
@@ -60,14 +46,6 @@ def test_the_change_over_seeds_is_a_t_interval_of_per_seed_differences():
     assert row["seed_ci_low"] == pytest.approx(np.mean(differences) - half)
     assert row["seed_ci_high"] == pytest.approx(np.mean(differences) + half)
     assert t_interval([0.1]) is None
-
-
-def checksums(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")

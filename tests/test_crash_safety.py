@@ -20,24 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from tiny_runs import run_argv
+from tiny_runs import run_argv, tiny_plugin_source
 
 # One small convolution, so that a child's time goes to writing, not training; two seeds
 # and two epochs write every kind of file twice: config, truth, inputs, epoch checkpoints,
 # predictions, final checkpoints, cell records, tables, report and figures.
-PLUGIN = """
-import torch
-from architectures import register_architecture
-
-
-@register_architecture("tiny_fcn")
-def tiny_fcn(num_classes=3, in_channels=3, width=1.0):
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(in_channels, 8, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(8, num_classes, 1),
-    )
-"""
+PLUGIN = tiny_plugin_source("tiny_fcn")
 
 
 def crash_argv(plugin: Path) -> list[str]:

@@ -8,7 +8,6 @@ Kills at every write point are in tests/test_crash_safety.py.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import shutil
 import textwrap
@@ -22,21 +21,9 @@ from bench.cli import main
 from bench.run_dir import ERROR_TEXT_LIMIT, CellRecord, RunDir, cap_text, read_csv
 from bench.suite import new_default_out_dir
 
-from tiny_runs import on_epoch_end, run_argv
+from tiny_runs import checksums, on_epoch_end, run_argv
 
 ARGV = run_argv("segnet_basic", seeds=[0, 1], epochs=1, deterministic=True)
-
-
-def checksums(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (and every folder, as ``dir``): what must not change."""
-    if not folder.exists():
-        return {}
-    return {
-        str(p.relative_to(folder)): "dir"
-        if p.is_dir()
-        else hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-    }
 
 
 def rows(path: Path) -> list[dict[str, str]]:

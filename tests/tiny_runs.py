@@ -8,6 +8,8 @@ synthetic run; ``cell_settings(epochs=1)`` the runner's settings for one such ce
 from __future__ import annotations
 
 import functools
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,6 +49,36 @@ def slow_fcn(num_classes=3, in_channels=3, width=1.0):
 
     return Slow(in_channels, num_classes, 3, padding=1)
 """
+
+
+def tiny_plugin_source(name: str) -> str:
+    """A plugin registering ``name``: two small convolutions, so a run's time goes to the
+    harness (writing, resuming, combining), not to training."""
+    return f"""
+import torch
+from architectures import register_architecture
+
+
+@register_architecture("{name}")
+def tiny_fcn(num_classes=3, in_channels=3, width=1.0):
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(in_channels, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, num_classes, 1),
+    )
+"""
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (and every folder, as ``dir``): what must not change."""
+    if not folder.exists():
+        return {}
+    return {
+        str(p.relative_to(folder)): "dir"
+        if p.is_dir()
+        else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def run_argv(*architectures: str, **flags: Any) -> list[str]:
