@@ -43,9 +43,11 @@ output.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 
 from architectures import memory_format_of
 
@@ -118,14 +120,24 @@ class AugmentParams:
 class BatchAugmenter:
     """Flips, 90° rotations and mild colour jitter on whole batches on the device."""
 
-    def __init__(self, square: bool, jitter: bool = True) -> None:
+    def __init__(
+        self,
+        square: bool,
+        jitter: bool = True,
+        jitter_range: float = JITTER_RANGE,
+        hue_range: float = HUE_RANGE,
+    ) -> None:
         """``square``: whether the images are square (H == W); if not, no 90° rotations.
 
         ``jitter``: whether to apply the colour jitter at all (``draw`` consumes the same
         random numbers either way, so switching it off leaves the geometry unchanged).
+        ``jitter_range``/``hue_range``: the factors' spread (1 ± range) and the hue shift's
+        (± range of the full turn).
         """
         self.square = square
         self.jitter = jitter
+        self.jitter_range = jitter_range
+        self.hue_range = hue_range
 
     def draw(self, generator: torch.Generator, count: int) -> AugmentParams:
         """Draw the parameters of ``count`` images from ``generator`` (CPU) only."""
@@ -145,7 +157,7 @@ class BatchAugmenter:
             jitter_on = torch.zeros_like(jitter_on)
 
         def factor(column: int) -> torch.Tensor:
-            return 1.0 - JITTER_RANGE + 2 * JITTER_RANGE * uniform[:, column]
+            return 1.0 - self.jitter_range + 2 * self.jitter_range * uniform[:, column]
 
         return AugmentParams(
             hflip=uniform[:, _HFLIP] < 0.5,
@@ -155,7 +167,7 @@ class BatchAugmenter:
             brightness=factor(_BRIGHTNESS),
             contrast=factor(_CONTRAST),
             saturation=factor(_SATURATION),
-            hue=(2 * uniform[:, _HUE] - 1) * HUE_RANGE,
+            hue=(2 * uniform[:, _HUE] - 1) * self.hue_range,
         )
 
     def apply(
@@ -344,3 +356,113 @@ def _shift_hue_(images: torch.Tensor, hue: torch.Tensor) -> None:
         torch.minimum(sector, ramp, out=ramp)
         ramp.clamp_(0.0, 1.0).mul_(chroma)
         torch.sub(value, ramp, out=channel)
+
+
+# The modern recipe's stronger augmentation (bench.recipes.MODERN): stain and illumination
+# vary between smears and microscopes far more than the clean protocol's mild jitter covers,
+# and a cell may lie at any angle and, within a dataset, vary in size.
+STRONG_JITTER_RANGE = 0.25
+STRONG_HUE_RANGE = 0.05
+STRONG_ROTATION_DEGREES = 45.0  # with the quarter turns: any angle
+STRONG_SCALE_RANGE = (0.8, 1.25)  # log-uniform: zooming in and out equally likely
+STRONG_AFFINE_P = 0.5
+
+
+@dataclass(frozen=True)
+class StrongParams:
+    """:class:`AugmentParams` plus, per image, a rotation (radians; 0 when off) and a
+    scale factor (1 when off)."""
+
+    base: AugmentParams
+    angle: torch.Tensor
+    scale: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: slice) -> StrongParams:
+        return StrongParams(self.base[index], self.angle[index], self.scale[index])
+
+    def slice(self, start: int, stop: int) -> StrongParams:
+        return self[start:stop]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> StrongParams:
+        return StrongParams(
+            self.base.to(device, non_blocking),
+            self.angle.to(device, non_blocking=non_blocking),
+            self.scale.to(device, non_blocking=non_blocking),
+        )
+
+
+class StrongAugmenter:
+    """:class:`BatchAugmenter` with wider colour jitter (±25 % brightness, contrast and
+    saturation, ±0.05 turn of hue), then with p = 0.5 a rotation uniform in ±45° and a
+    log-uniform scale in [0.8, 1.25] about the image centre (bilinear for images, nearest
+    for labels, reflected at the borders so no class is invented there; padded pixels keep
+    their ``IGNORE_INDEX`` label wherever they land).
+
+    The draw takes the base augmenter's numbers first, then three more per image, all in
+    one call each: the parameters depend only on the generator's state and the count.
+    """
+
+    def __init__(self, square: bool) -> None:
+        self.base = BatchAugmenter(
+            square, jitter=True, jitter_range=STRONG_JITTER_RANGE, hue_range=STRONG_HUE_RANGE
+        )
+
+    def draw(self, generator: torch.Generator, count: int) -> StrongParams:
+        base = self.base.draw(generator, count)
+        uniform = torch.rand((count, 3), generator=generator)
+        on = uniform[:, 2] < STRONG_AFFINE_P
+        angle = (2 * uniform[:, 0] - 1) * math.radians(STRONG_ROTATION_DEGREES)
+        low, high = (math.log(v) for v in STRONG_SCALE_RANGE)
+        scale = torch.exp(low + (high - low) * uniform[:, 1])
+        return StrongParams(
+            base,
+            torch.where(on, angle, torch.zeros_like(angle)),
+            torch.where(on, scale, torch.ones_like(scale)),
+        )
+
+    def apply(
+        self, images: torch.Tensor, labels: torch.Tensor, params: StrongParams
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`BatchAugmenter.apply`, then the rotation and scale."""
+        images, labels = self.base.apply(images, labels, params.base)
+        params = params.to(images.device)
+        return rotate_and_scale(images, labels, params.angle, params.scale)
+
+
+def rotate_and_scale(
+    images: torch.Tensor, labels: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate each image by ``angle`` (radians, counter-clockwise as seen) and scale it by
+    ``scale`` about its centre, in pixel units (no shear on non-square images); labels by
+    nearest neighbour. Images whose angle is 0 and scale 1 come back bit-identical."""
+    batch, _, height, width = images.shape
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # Output (x, y) in [-1, 1] samples the input at R(angle)·(x, y)/scale in pixel units,
+    # rewritten in each axis's normalised units (hence the aspect ratios).
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin * height / width, torch.zeros_like(cos)], dim=1),
+            torch.stack([sin * width / height, cos, torch.zeros_like(cos)], dim=1),
+        ],
+        dim=1,
+    ).to(images.dtype)
+    grid = F.affine_grid(theta, [batch, 3, height, width], align_corners=False)
+    moved = F.grid_sample(
+        images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    )
+    moved_labels = F.grid_sample(
+        labels.unsqueeze(1).to(images.dtype),
+        grid,
+        mode="nearest",
+        padding_mode="reflection",
+        align_corners=False,
+    )
+    moved_labels = moved_labels.squeeze(1).round().to(labels.dtype)
+    identity = ((angle == 0) & (scale == 1)).view(batch, 1, 1)
+    out_images = torch.where(identity.unsqueeze(1), images, moved).contiguous(
+        memory_format=memory_format_of(images)
+    )
+    return out_images, torch.where(identity, labels, moved_labels)

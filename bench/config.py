@@ -35,7 +35,8 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 PROTOCOLS = ("clean", "thesis", "thesis-noleak")  # bench.protocols.PROTOCOLS, without its import
 DEVICES = ("auto", "cpu", "cuda", "mps")
-LOSSES = ("bce", "cross_entropy")
+LOSSES = ("bce", "cross_entropy", "dice_ce")
+RECIPES = ("thesis", "modern")  # bench.recipes.RECIPES, without importing it
 EXECUTORS = ("local", "ray")
 AMP_MODES = ("auto", "off", "bf16", "fp16")  # auto: bf16 on CUDA, off elsewhere
 SWITCHES = ("auto", "on", "off")
@@ -385,7 +386,19 @@ class RunConfig:
         metavar="LR[,LR...]",
         check=(check_lr_grid,),
     )
-    loss: str | None = option(None, "default: the protocol's", choices=LOSSES)
+    loss: str | None = option(
+        None,
+        "default: the recipe's, else the protocol's (dice_ce: cross-entropy + soft Dice)",
+        choices=LOSSES,
+    )
+    # How every architecture trains (bench.recipes); flags given beside it win.
+    recipe: str = option(
+        "thesis",
+        "training recipe of every architecture: thesis (default: the protocol's Adam, loss, "
+        "augmentation and epochs) or modern (AdamW, warm-up + cosine, CE + Dice, strong "
+        "augmentation, early stopping on a validation split, test-time flips)",
+        choices=RECIPES,
+    )
     width: float = option(
         1.0, "channel width multiplier (1.0 = thesis)", check=(check_positive, check_width_max)
     )

@@ -196,11 +196,15 @@ class CellProgress:
         self.epoch_seconds.setdefault(job.architecture, []).append(seconds)
         if not self.lines:
             return  # the progress bars show it
-        dice = next((r.get("dice") for r in rows if r.get("split") == "test"), None)
+        dice = {r.get("split"): r.get("dice") for r in rows}
         self._print(
             f"{self.counter(jobs, index)} {job.label()}: epoch {epoch}/{job.settings.epochs}, "
             f"train loss {result.train_loss:.4f}, test acc {result.test_accuracy:.4f}, "
-            + (f"test Dice {dice:.4f}, " if dice is not None else "")
+            + "".join(
+                f"{split} Dice {dice[split]:.4f}, "
+                for split in ("test", "validation")  # validation: early stopping's
+                if dice.get(split) is not None
+            )
             + f"{seconds:.1f} s"
             + self.eta_text(jobs, index, epoch)
         )

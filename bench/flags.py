@@ -13,7 +13,12 @@ verdict "significant" only between architectures that are not flagged.
 - **Not converged**: the train or test loss fell by more than :data:`STILL_FALLING` (relative)
   from the mean of the ``k`` epochs before the last ``k`` to the mean of the last ``k``, with
   ``k`` = :func:`window` (a fifth of the epochs, at least 3). A run too short to have two
-  such windows cannot show convergence and is flagged as such.
+  such windows cannot show convergence and is flagged as such. A run that selected its
+  weights on a validation split (early stopping, ``validation`` history rows) is judged by
+  that criterion instead: it is flagged when its best validation Dice came in its last
+  ``k`` epochs (still rising when training ended). Its train loss may still fall by
+  design (a decaying rate, a model starting to overfit); that says nothing of the kept
+  weights.
 """
 
 from __future__ import annotations
@@ -58,6 +63,20 @@ def convergence_problem(history: Sequence[Mapping[str, Any]]) -> str | None:
     k = window(len(epochs))
     if len(epochs) < 2 * k:
         return f"{len(epochs)} epoch{'s' if len(epochs) != 1 else ''}: too few to show convergence"
+    validation = {
+        int(r["epoch"]): float(r["dice"])
+        for r in history
+        if r["split"] == "validation" and r.get("dice") not in (None, "")
+    }
+    if validation:
+        best = max(validation.values())
+        best_epoch = min(e for e, dice in validation.items() if dice == best)
+        if best_epoch > epochs[-k - 1]:
+            return (
+                f"validation Dice still rising (best {best:.3g} at epoch {best_epoch} of "
+                f"{epochs[-1]}, within the last {k} epochs)"
+            )
+        return None
     falling = []
     for split in ("train", "test"):
         losses = {int(r["epoch"]): float(r["loss"]) for r in history if r["split"] == split}

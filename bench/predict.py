@@ -400,7 +400,13 @@ def predict_classes(
     """Label maps (each the size of its image) as the run's evaluation computed them."""
     import torch
 
-    from bench.runner import model_input, place_model, resolve_speed, select_device
+    from bench.runner import (
+        flip_averaged_probabilities,
+        model_input,
+        place_model,
+        resolve_speed,
+        select_device,
+    )
 
     config = cell.meta["config"]
     torch_device = select_device(device)
@@ -409,6 +415,8 @@ def predict_classes(
         config.get("amp", "off"), config.get("channels_last", "off"), False, torch_device
     )
     forward = place_model(model, torch_device, speed)
+    # A run whose recipe predicted with test-time flips (runs before recipes did not).
+    tta = bool((config.get("recipe_settings") or {}).get("tta"))
     model.eval()
     height, width = cell.input_size
     batch_size = max(1, int(config.get("batch_size") or 1))
@@ -420,9 +428,11 @@ def predict_classes(
             for i, image in enumerate(chunk):
                 padded[i, : image.shape[0], : image.shape[1]] = image
             x = torch.from_numpy(padded).permute(0, 3, 1, 2).contiguous().to(torch_device)
+            inputs = model_input(x, speed.channels_last)
             with speed.autocast(torch_device):
-                logits = forward(model_input(x, speed.channels_last))
-            labels = logits.argmax(dim=1).cpu().numpy()
+                logits = forward(inputs)
+                scores = flip_averaged_probabilities(forward, inputs, logits) if tta else logits
+            labels = scores.argmax(dim=1).cpu().numpy()
             results += [labels[i, : im.shape[0], : im.shape[1]] for i, im in enumerate(chunk)]
     return results
 

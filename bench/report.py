@@ -28,6 +28,7 @@ from bench import stats
 from bench.aggregate import summarize
 from bench.atomic import atomic_write_bytes
 from bench.flags import architecture_flags
+from bench.recipes import Recipe
 from bench.run_dir import RunDir, RunTables, metric_classes_of, summary_columns, write_csv
 
 #: The thesis's models (thesis_reference.csv names), in the order of its published rows.
@@ -161,6 +162,23 @@ def speed_options(config: dict[str, Any]) -> str:
     return f"Speed options: mixed precision {amp}, channels-last {layout}{compiled}. "
 
 
+def recipe_sentence(config: dict[str, Any]) -> str:
+    """The training recipe of a run, from what config.json recorded of it (runs made before
+    recipes existed trained as ``thesis`` does and say nothing)."""
+    settings = config.get("recipe_settings")
+    if not settings:
+        return ""
+    recipe = Recipe(**settings)
+    epochs = (
+        f" Training stopped early where the validation Dice had not improved for "
+        f"{plural(recipe.patience, 'epoch')}; `cells.csv` gives each run's epochs and "
+        f"`best_epoch`."
+        if recipe.patience is not None
+        else ""
+    )
+    return f"Recipe `{recipe.name}`: {recipe.describe()}.{epochs} "
+
+
 def learning_rate(config: dict[str, Any]) -> str:
     if config.get("lr_search"):
         grid = ", ".join(f"{lr:g}" for lr in config.get("lr_grid") or [])
@@ -242,6 +260,7 @@ def methods_paragraph(meta: dict[str, Any]) -> str:
         f"{config['batch_size']}, {config['optimizer']} {learning_rate(config)}, loss "
         f"`{config['loss']}`, width {config['width']}{encoder_clause(meta)}, {seeds}"
         f"{', deterministic algorithms' if config.get('deterministic') else ''}. "
+        f"{recipe_sentence(config)}"
         f"{speed_options(config)}"
         f"Device: {device_name(env)}. Software: {versions}; bench {env['bench']}, git "
         f"commit `{env.get('git_commit')}`. Run from {meta['started_utc']} to "

@@ -100,6 +100,8 @@ CELL_COLUMNS = (
     "params",
     "gflops",
     "epochs",
+    # the epoch whose weights were kept (early stopping); empty: the last one
+    "best_epoch",
     "batch_size",
     "lr",
     *RUN_MEASURES,
@@ -142,11 +144,11 @@ ERROR_TEXT_LIMIT = 4000
 STATUSES = ("ok", "failed")
 
 # Column types of the tables; everything else is text.
-_INT_COLUMNS = frozenset({"seed", "fold", "epoch", "params", "epochs", "batch_size"})
+_INT_COLUMNS = frozenset({"seed", "fold", "epoch", "params", "epochs", "best_epoch", "batch_size"})
 _INT_COLUMNS |= frozenset(PER_IMAGE_COUNTS)
 _TEXT_COLUMNS = frozenset({"architecture", "status", "error", "split", "image_id", "class"})
 _OPTIONAL = frozenset(
-    {"fold", *RUN_MEASURES, "params", "gflops", "seconds", "lr", *PER_IMAGE_COUNTS}
+    {"fold", *RUN_MEASURES, "params", "gflops", "seconds", "lr", "best_epoch", *PER_IMAGE_COUNTS}
 )
 #: Optional in history rows only (a per-image row's ``dice`` is required).
 _HISTORY_OPTIONAL = _OPTIONAL | {"dice"}

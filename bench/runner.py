@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 
 import architectures
-from bench import host_memory, metrics
-from bench.augment import BatchAugmenter
+from bench import host_memory, metrics, recipes
+from bench.augment import BatchAugmenter, StrongAugmenter
 from bench.config import RunConfig
 from bench.errors import ConfigError
 from bench.protocols import (
@@ -163,9 +163,14 @@ def compute_loss(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch
     ``bce``: the thesis's binary cross-entropy between softmax probabilities and one-hot
     masks, averaged over classes and pixels, probabilities clipped as Keras does.
     ``cross_entropy``: multi-class cross-entropy on the logits.
+    ``dice_ce``: that cross-entropy plus the soft Dice loss of the foreground classes
+    (:func:`bench.recipes.soft_dice_loss`), with equal weights, as nnU-Net trains.
     """
     if name == "cross_entropy":
         return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
+    if name == "dice_ce":
+        cross_entropy = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
+        return cross_entropy + recipes.soft_dice_loss(logits, labels, IGNORE_INDEX)
     if name == "bce":
         valid = labels != IGNORE_INDEX
         probabilities = logits.float().softmax(dim=1).clamp(BCE_EPSILON, 1 - BCE_EPSILON)
@@ -269,7 +274,8 @@ class CellResult:
     error: str = ""
     params: int | None = None
     gflops: float | None = None
-    epochs: int = 0
+    epochs: int = 0  # epochs trained (fewer than asked when early stopping ended the cell)
+    best_epoch: int | None = None  # early stopping: the epoch whose weights were kept
     batch_size: int = 0
     lr: float | None = None  # the learning rate trained with
     train_seconds: float | None = None
@@ -316,6 +322,7 @@ class CellSettings:
     # validation split carved from the training images (the run's split seed).
     lr_grid: tuple[float, ...] | None = None
     validation_seed: int = 0
+    recipe: recipes.Recipe = recipes.THESIS
 
     @classmethod
     def from_config(
@@ -334,11 +341,14 @@ class CellSettings:
         """
         from bench.config import DEFAULT_LR_GRID
 
+        recipe = recipes.get_recipe(config.recipe)
         return cls(
-            epochs=config.epochs or defaults.epochs,
+            # A flag wins over the recipe, the recipe over the protocol.
+            epochs=config.epochs or recipe.epochs or defaults.epochs,
             batch_size=config.batch_size or defaults.batch_size,
-            lr=config.lr or defaults.lr,  # under --lr-search each cell replaces it with its pick
-            loss=config.loss or defaults.loss,
+            # under --lr-search each cell replaces it with its pick
+            lr=config.lr or recipe.lr or defaults.lr,
+            loss=config.loss or recipe.loss or defaults.loss,
             width=config.width,
             options={},
             deterministic=config.deterministic,
@@ -352,6 +362,7 @@ class CellSettings:
             lr_grid=tuple(config.lr_grid or DEFAULT_LR_GRID) if config.lr_search else None,
             # the same validation images for every cell of a fold
             validation_seed=config.split_seed,
+            recipe=recipe,
         )
 
 
@@ -415,9 +426,14 @@ def evaluate_scores(
     speed: SpeedOptions | None = None,
     keep_predictions: bool = True,
     num_classes: int | None = None,
+    tta: bool = False,
 ) -> Evaluation:
     """Loss, pixel accuracy and, with ``num_classes``, the foreground Dice of ``images``
     (eval mode), and if asked the predicted label maps.
+
+    ``tta``: the classes (accuracy, Dice, label maps) come from the probabilities averaged
+    over flips (:func:`flip_averaged_probabilities`); the loss stays that of the plain
+    forward pass.
 
     ``images``: uint8 (N, 3, H, W) and ``labels`` (N, H, W), best already on the device.
     The sums, and the per-image confusion matrices behind the Dice, stay on the device; the
@@ -435,14 +451,16 @@ def evaluate_scores(
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device, non_blocking=True)
             y = labels[start : start + batch_size].to(device, non_blocking=True)
+            inputs = model_input(x, speed.channels_last)
             with speed.autocast(device):
-                logits = model(model_input(x, speed.channels_last))
+                logits = model(inputs)
+                scores = flip_averaged_probabilities(model, inputs, logits) if tta else logits
             loss_sum += compute_loss(loss_name, logits, y) * len(x)
-            c, v = pixel_correct(logits, y)
+            c, v = pixel_correct(scores, y)
             correct += c
             valid += v
             if keep_predictions or num_classes:
-                predicted = logits.argmax(dim=1)
+                predicted = scores.argmax(dim=1)
                 if keep_predictions:
                     predictions.append(predicted)
                 if num_classes:
@@ -452,6 +470,23 @@ def evaluate_scores(
     dice = foreground_dice(torch.cat(confusions).cpu().numpy()) if confusions else None
     kept = torch.cat(predictions).cpu().numpy() if keep_predictions else None
     return Evaluation(loss, accuracy, dice, kept)
+
+
+# Test-time augmentation: the flips whose predictions are averaged with the plain one's.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((3,), (2,), (2, 3))
+
+
+def flip_averaged_probabilities(
+    forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, logits: torch.Tensor
+) -> torch.Tensor:
+    """The class probabilities of ``inputs`` (B, 3, H, W) averaged over the image as it is
+    (its ``logits``, already computed) and flipped left-right, upside down and both, each
+    prediction flipped back. Flips map the pixel grid onto itself exactly, so no pixel is
+    interpolated; padded pixels move with the image and stay unscored."""
+    total = logits.float().softmax(dim=1)
+    for dims in TTA_FLIPS:
+        total += forward(inputs.flip(dims)).float().softmax(dim=1).flip(dims)
+    return total / (1 + len(TTA_FLIPS))
 
 
 # Called after each epoch of a cell, once its checkpoint is written: (result, epoch).
@@ -670,12 +705,14 @@ class _Trainer:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     generator: torch.Generator  # draws each epoch's batch order
-    augmenter: BatchAugmenter | None  # None: no augmentation (the thesis protocols)
+    augmenter: BatchAugmenter | StrongAugmenter | None  # None: none (thesis protocols)
     speed: SpeedOptions
     device: torch.device
     loss: str
     batch_size: int
     seed: int  # with the epoch, seeds the epoch's augmentations (epoch_seed)
+    # the recipe's per-step learning-rate schedule; None: a constant rate
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
 
 
 @dataclass(frozen=True)
@@ -700,6 +737,22 @@ class _Cell:
     first_epoch: int = 1  # after the resume checkpoint's epoch, if any
     train_seconds: float = 0.0  # training wall time, earlier invocations' included
     earlier_seconds: float = 0.0  # earlier invocations' wall time up to the checkpoint
+    # Early stopping (a recipe with patience): the held-out part of the training images,
+    # and the best epoch on it so far with its weights (on the CPU).
+    validation: _DeviceSplit | None = None
+    best_dice: float = -math.inf
+    best_epoch: int | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    last_epoch: int = 0  # the last epoch trained
+
+    def patience_ran_out(self, patience: int | None) -> bool:
+        """Whether early stopping ends the cell: ``patience`` epochs without a better
+        validation Dice than the best epoch's."""
+        return (
+            patience is not None
+            and self.best_epoch is not None
+            and self.last_epoch - self.best_epoch >= patience
+        )
 
 
 def _build_model(architecture: str, settings: CellSettings) -> torch.nn.Module:
@@ -712,6 +765,17 @@ def _build_model(architecture: str, settings: CellSettings) -> torch.nn.Module:
     )
 
 
+def make_augmenter(
+    recipe: recipes.Recipe, protocol_augments: bool, square: bool
+) -> BatchAugmenter | StrongAugmenter | None:
+    """The online augmentation a cell trains with: the recipe's strong one on every
+    protocol, or the protocol's own (the clean protocol's flips, turns and mild jitter;
+    none under the thesis protocols, which augmented before the split)."""
+    if recipe.augmentation == "strong":
+        return StrongAugmenter(square)
+    return BatchAugmenter(square) if protocol_augments else None
+
+
 def _new_trainer(
     model: torch.nn.Module,
     *,
@@ -721,11 +785,14 @@ def _new_trainer(
     seed: int,
     device: torch.device,
     speed: SpeedOptions,
-    augmenter: BatchAugmenter | None,
+    augmenter: BatchAugmenter | StrongAugmenter | None,
+    recipe: recipes.Recipe = recipes.THESIS,
+    total_steps: int = 0,
 ) -> _Trainer:
-    """Place ``model`` on the device and give it an Adam optimiser at ``lr``."""
+    """Place ``model`` on the device and give it the recipe's optimiser at peak rate ``lr``
+    and its schedule over ``total_steps`` optimiser steps."""
     forward = place_model(model, device, speed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = recipes.make_optimizer(recipe, model.parameters(), lr)
     # fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op).
     scaler = torch.amp.GradScaler(device.type, enabled=speed.amp_dtype is torch.float16)
     generator = torch.Generator().manual_seed(seed)
@@ -741,7 +808,13 @@ def _new_trainer(
         loss,
         batch_size,
         seed,
+        recipes.make_scheduler(recipe, optimizer, total_steps),
     )
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimiser steps of one epoch over ``n_train`` images (the last batch may be short)."""
+    return -(-n_train // batch_size)
 
 
 def _train(
@@ -774,6 +847,9 @@ def _train(
     )
     predictions = None
     for epoch in epochs:
+        # Checked first, so a cell resumed after early stopping ended it trains no more.
+        if cell.patience_ran_out(settings.recipe.patience):
+            break
         trained = _train_epoch(
             cell.trainer, cell.train, cell.n_train, epoch, stop, progress=settings.progress
         )
@@ -813,6 +889,14 @@ def _prepare_cell(
     height, width = split.train.labels.shape[1:]
     result.params = architectures.count_parameters(model)
     result.gflops = architectures.forward_gflops(model, size=(height, width))
+    recipe = settings.recipe
+    # Early stopping holds out the validation images --lr-search uses (same seed and draw).
+    train, validation = (
+        carve_validation(split.train, settings.validation_seed)
+        if recipe.patience is not None
+        else (split.train, None)
+    )
+    n_train = images_trained(len(train), settings.batch_size)
     trainer = _new_trainer(
         model,
         lr=settings.lr,
@@ -821,15 +905,18 @@ def _prepare_cell(
         seed=result.seed,
         device=device,
         speed=speed,
-        # The clean protocol augments whole batches on the device.
-        augmenter=BatchAugmenter(square=height == width) if split.augment else None,
+        # Whole batches are augmented on the device.
+        augmenter=make_augmenter(recipe, split.augment, square=height == width),
+        recipe=recipe,
+        total_steps=settings.epochs * steps_per_epoch(n_train, settings.batch_size),
     )
     cell = _Cell(
         trainer,
-        train=_DeviceSplit.of(split.train, device),
+        train=_DeviceSplit.of(train, device),
         test=_DeviceSplit.of(split.test, device),
-        n_train=images_trained(len(split.train), settings.batch_size),
+        n_train=n_train,
         started=started,
+        validation=_DeviceSplit.of(validation, device) if validation is not None else None,
     )
     return cell, settings
 
@@ -841,15 +928,21 @@ def _restore(cell: _Cell, result: CellResult, state: dict[str, Any]) -> None:
     trainer.optimizer.load_state_dict(state["optimizer"])
     if "scaler" in state:
         trainer.scaler.load_state_dict(state["scaler"])
+    if trainer.scheduler is not None:
+        trainer.scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"], trainer.generator)
     result.history = list(state["history"])
     cell.train_seconds = float(state["train_seconds"])
     # Wall time of earlier invocations up to this checkpoint; train_cell adds its own.
     result.total_seconds = cell.earlier_seconds = float(state.get("elapsed_seconds", 0.0))
     cell.first_epoch = int(state["epoch"]) + 1
-    last_train, last_test = result.history[-2], result.history[-1]
-    result.train_loss, result.train_accuracy = last_train["loss"], last_train["accuracy"]
-    result.test_loss, result.test_accuracy = last_test["loss"], last_test["accuracy"]
+    cell.last_epoch = int(state["epoch"])
+    if "best_epoch" in state:
+        cell.best_epoch, cell.best_dice = int(state["best_epoch"]), float(state["best_dice"])
+        cell.best_state = state["best_state"]
+    last = {row["split"]: row for row in result.history if row["epoch"] == cell.last_epoch}
+    result.train_loss, result.train_accuracy = last["train"]["loss"], last["train"]["accuracy"]
+    result.test_loss, result.test_accuracy = last["test"]["loss"], last["test"]["accuracy"]
 
 
 def _train_epoch(
@@ -898,6 +991,8 @@ def _train_epoch(
         # step
         trainer.scaler.step(trainer.optimizer)
         trainer.scaler.update()
+        if trainer.scheduler is not None:
+            trainer.scheduler.step()
         # log: sums on the device, read once after the epoch
         loss_sum += loss.detach() * len(index)
         c, v = pixel_correct(logits.detach(), y)
@@ -928,6 +1023,7 @@ def _record_epoch(
     predictions after the last epoch (None before)."""
     started = time.perf_counter()
     trainer = cell.trainer
+    recipe = settings.recipe
     test = evaluate_scores(
         trainer.forward,
         cell.test.images,
@@ -936,7 +1032,8 @@ def _record_epoch(
         settings.batch_size,
         trainer.device,
         trainer.speed,
-        keep_predictions=epoch == settings.epochs,
+        # With test-time flips or a kept best epoch, _finish predicts once at the end.
+        keep_predictions=epoch == settings.epochs and not recipe.tta and recipe.patience is None,
         num_classes=settings.num_classes,
     )
     test_loss, test_accuracy, predictions = test.loss, test.accuracy, test.predictions
@@ -968,11 +1065,52 @@ def _record_epoch(
             "dice": test.dice,
         }
     )
+    cell.last_epoch = epoch
+    if cell.validation is not None:
+        _record_validation(cell, result, base, settings)
     result.train_loss, result.train_accuracy = trained.loss, trained.accuracy
     result.test_loss, result.test_accuracy = test_loss, test_accuracy
     if checkpoint is not None:
         _save_resume_state(checkpoint, _resume_state(cell, result, settings, epoch))
     return predictions
+
+
+def _record_validation(
+    cell: _Cell, result: CellResult, base: dict[str, Any], settings: CellSettings
+) -> None:
+    """Early stopping's measurement after an epoch: the foreground Dice of the held-out
+    training images (a ``validation`` history row); one better than every earlier epoch's
+    (a tie keeps the earlier) makes this epoch the best and keeps its weights."""
+    assert cell.validation is not None
+    started = time.perf_counter()
+    trainer = cell.trainer
+    scores = evaluate_scores(
+        trainer.forward,
+        cell.validation.images,
+        cell.validation.labels,
+        settings.loss,
+        settings.batch_size,
+        trainer.device,
+        trainer.speed,
+        keep_predictions=False,
+        num_classes=settings.num_classes,
+    )
+    assert scores.dice is not None
+    result.history.append(
+        {
+            **base,
+            "split": "validation",
+            "loss": scores.loss,
+            "accuracy": scores.accuracy,
+            "seconds": time.perf_counter() - started,
+            "dice": scores.dice,
+        }
+    )
+    if scores.dice > cell.best_dice:
+        cell.best_dice, cell.best_epoch = scores.dice, base["epoch"]
+        cell.best_state = {
+            k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()
+        }
 
 
 def _resume_state(
@@ -995,6 +1133,16 @@ def _resume_state(
         "rng": _rng_state(trainer.generator),
         # A resumed cell reuses the search's outcome instead of searching again.
         **({"lr": result.lr, "lr_search": result.lr_search} if settings.lr_grid else {}),
+        **({"scheduler": trainer.scheduler.state_dict()} if trainer.scheduler else {}),
+        **(
+            {
+                "best_epoch": cell.best_epoch,
+                "best_dice": cell.best_dice,
+                "best_state": cell.best_state,
+            }
+            if cell.best_epoch is not None
+            else {}
+        ),
     }
 
 
@@ -1006,10 +1154,20 @@ def _finish(
     class_metrics: dict[str, tuple[int, ...]],
     predictions: np.ndarray | None,
 ) -> None:
-    """The cell's final record: timing, peak memory, every test image's metrics, weights."""
+    """The cell's final record: timing, peak memory, every test image's metrics, weights.
+
+    Under early stopping the best epoch's weights are put back first; with test-time flips
+    (or a kept best epoch) the test images are predicted here, once, and the result's test
+    loss and accuracy are those of this final prediction.
+    """
     trainer = cell.trainer
-    if predictions is None:  # cut after the last epoch's checkpoint: measure the weights
-        predictions = evaluate_scores(
+    recipe = settings.recipe
+    result.epochs = cell.last_epoch
+    if cell.best_state is not None:
+        trainer.model.load_state_dict(cell.best_state)
+        result.best_epoch = cell.best_epoch
+    if predictions is None:  # cut after the last epoch's checkpoint, or predicted only now
+        final = evaluate_scores(
             trainer.forward,
             cell.test.images,
             cell.test.labels,
@@ -1017,12 +1175,16 @@ def _finish(
             settings.batch_size,
             trainer.device,
             trainer.speed,
-        ).predictions
+            tta=recipe.tta,
+        )
+        predictions = final.predictions
+        if recipe.tta or recipe.patience is not None:
+            result.test_loss, result.test_accuracy = final.loss, final.accuracy
     assert predictions is not None
     train_seconds = cell.train_seconds
     result.train_seconds = train_seconds
     result.images_per_second = (
-        cell.n_train * settings.epochs / train_seconds if train_seconds else None
+        cell.n_train * cell.last_epoch / train_seconds if train_seconds else None
     )
     result.peak_memory_mb = peak_memory_mb(trainer.device)
     result.predictions = predictions
@@ -1088,7 +1250,7 @@ def search_lr(
     fit_data = _DeviceSplit.of(fit, device)
     validation_data = _DeviceSplit.of(validation, device)
     height, width = fit.labels.shape[1:]
-    augmenter = BatchAugmenter(square=height == width) if split.augment else None
+    augmenter = make_augmenter(settings.recipe, split.augment, square=height == width)
     label = f"{architecture} seed {seed}" + (f" fold {fold}" if fold is not None else "")
     n_fit = images_trained(len(fit), batch_size)
     scores: list[dict[str, Any]] = []
@@ -1104,6 +1266,8 @@ def search_lr(
             device=device,
             speed=speed,
             augmenter=augmenter,
+            recipe=settings.recipe,
+            total_steps=settings.epochs * steps_per_epoch(n_fit, batch_size),
         )
         entry: dict[str, Any] = {
             "lr": lr,

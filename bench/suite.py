@@ -367,8 +367,13 @@ def plan_suite(config: RunConfig) -> SuitePlan:
         )
         for fold in folds
     }
-    epochs = config.epochs or defaults.epochs
-    batch_size = config.batch_size or defaults.batch_size
+    # torch threads of every cell: part of a deterministic run's configuration
+    threads = resolve_threads(config, config.out)
+    # Flags, then the recipe, then the protocol (CellSettings.from_config: one place).
+    settings = CellSettings.from_config(
+        config, defaults, num_classes=len(dataset.class_names), threads=threads
+    )
+    epochs, batch_size = settings.epochs, settings.batch_size
     smallest_train = min(len(s.train) for s in splits.values())
     if batch_size > smallest_train:
         raise ConfigError(
@@ -383,18 +388,16 @@ def plan_suite(config: RunConfig) -> SuitePlan:
         "epochs": epochs,
         "batch_size": batch_size,
         # --lr-search: no one rate; the grid it tries, default filled in (a resume must match)
-        "lr": None if config.lr_search else config.lr or defaults.lr,
+        "lr": None if config.lr_search else settings.lr,
         "lr_grid": list(config.lr_grid or DEFAULT_LR_GRID) if config.lr_search else None,
-        "loss": config.loss or defaults.loss,
-        "optimizer": defaults.optimizer,
+        "loss": settings.loss,
+        "optimizer": settings.recipe.optimizer or defaults.optimizer,
+        # what the recipe named by --recipe was when this run trained
+        "recipe_settings": settings.recipe.to_dict(),
         "folds_run": folds,
-        # torch threads of every cell: part of a deterministic run's configuration
-        "threads": resolve_threads(config, config.out),
+        "threads": threads,
     }
     resolved.pop("dry_run", None)  # how the command was asked to act, not the run's setup
-    settings = CellSettings.from_config(
-        config, defaults, num_classes=len(dataset.class_names), threads=resolved["threads"]
-    )
     return SuitePlan(config, names, protocol, dataset, splits, resolved, settings, device)
 
 

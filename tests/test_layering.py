@@ -49,6 +49,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bench.synthetic",
             "bench.environment",
             "bench.config",
+            "bench.recipes",
         ),
     ),
     ("architecture building blocks", ("architectures.layers", "architectures.measure")),
