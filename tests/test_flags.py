@@ -46,6 +46,22 @@ def test_a_flat_curve_has_converged_a_falling_one_has_not():
     assert flags.convergence_problem(history(noisy_but_flat)) is None
 
 
+def test_early_stopped_runs_are_judged_by_their_validation_dice():
+    # Training loss still falling (a decaying rate) but the validation Dice peaked at
+    # epoch 10 of 25: early stopping's own criterion says it had converged.
+    train = history(list(np.linspace(0.9, 0.2, 25)), split="train")
+    peaked = [0.5 + 0.04 * min(e, 10) - 0.001 * max(0, e - 10) for e in range(1, 26)]
+    validation = [
+        {**row, "dice": dice}
+        for row, dice in zip(history([0.3] * 25, split="validation"), peaked, strict=True)
+    ]
+    assert flags.convergence_problem(train + validation) is None
+    # Still rising at the end (best in the last 5 epochs): not converged.
+    rising = [{**row, "dice": 0.5 + 0.01 * row["epoch"]} for row in validation]
+    problem = flags.convergence_problem(train + rising)
+    assert problem.startswith("validation Dice still rising (best 0.75 at epoch 25 of 25")
+
+
 def test_too_few_epochs_cannot_show_convergence():
     assert flags.convergence_problem(history([0.9])) == "1 epoch: too few to show convergence"
     assert "5 epochs: too few" in flags.convergence_problem(history([0.9] * 5))
