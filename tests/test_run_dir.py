@@ -94,6 +94,22 @@ def test_a_record_whose_outputs_are_missing_is_trained_again(copy_of, capsys):
     )
 
 
+def test_a_run_committed_without_checkpoints_resumes_without_training(
+    copy_of, monkeypatch, capsys
+):
+    # Reference runs are committed without their final checkpoints (size) and finished in a
+    # later invocation: the finished cells stand, nothing is trained or changed again.
+    run = copy_of()
+    shutil.rmtree(run / "checkpoints")
+    before = checksums(run / "cells"), (run / "per_image.csv").read_bytes()
+    monkeypatch.setattr("bench.suite.train_cell", must_not_train)
+    assert main([*ARGV, "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "2 finished cell(s) have no final checkpoint" in err and "results stand" in err
+    assert (checksums(run / "cells"), (run / "per_image.csv").read_bytes()) == before
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
+
+
 @pytest.mark.parametrize(
     "damage",
     [
