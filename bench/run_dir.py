@@ -47,6 +47,7 @@ from typing import Any
 
 from bench.atomic import TEMPORARY_NAME, atomic_torch_save, atomic_write_text
 from bench.errors import ConfigError
+from bench.recipes import THESIS as THESIS_RECIPE
 
 # 2: per-cell records under cells/ are the source of truth (1: the CSVs were).
 FORMAT_VERSION = 2
@@ -506,6 +507,11 @@ class RunDir:
         for key in ("config", "dataset", "protocol", "environment"):
             if not isinstance(meta.get(key), dict):
                 raise ConfigError(f"{self.config_path}: {key!r} is missing or not an object")
+        # Runs made before recipes existed trained as the thesis recipe does: said so, they
+        # resume, compare and combine with runs that name it.
+        if "recipe" not in meta["config"]:
+            meta["config"]["recipe"] = THESIS_RECIPE.name
+            meta["config"]["recipe_settings"] = THESIS_RECIPE.to_dict()
         return meta
 
     def write_meta(self, meta: Mapping[str, Any]) -> None:

@@ -94,6 +94,17 @@ def test_a_record_whose_outputs_are_missing_is_trained_again(copy_of, capsys):
     )
 
 
+def test_a_run_made_before_recipes_resumes_as_the_thesis_recipe(copy_of, monkeypatch, capsys):
+    run = copy_of()
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["config"].pop("recipe") == "thesis"
+    meta["config"].pop("recipe_settings")
+    (run / "config.json").write_text(json.dumps(meta))
+    monkeypatch.setattr("bench.suite.train_cell", must_not_train)
+    assert main([*ARGV, "--out", str(run)]) == 0
+    assert "Recipe `thesis`" in (run / "report.md").read_text()
+
+
 def test_a_run_committed_without_checkpoints_resumes_without_training(
     copy_of, monkeypatch, capsys
 ):
