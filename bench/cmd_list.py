@@ -19,12 +19,20 @@ built and run on the CPU instead. A broken architecture is listed with its error
 stopping the list. A ``--plugin`` file that cannot be loaded is reported on stderr, the rest
 is still listed and the exit status is 2; so is a width ``bench run`` refuses (outside
 (0, 4]) or an encoder smp does not know.
+
+The counts are cached on disk (:mod:`bench.count_cache`, keyed by the code that builds and
+counts each model and the versions of torch, smp and timm): a model is built only the first
+time it is listed at a width and encoder. Once every row asked for and the registry itself
+are cached, a plain ``bench list`` (no ``--plugin``) answers without importing torch. A
+``--plugin`` file is still imported (its code may have side effects, and its shape check must
+run) but its counts are cached too.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -86,35 +94,108 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def describe(name: str, width: float = 1.0, encoder: str = "resnet34") -> dict[str, Any]:
     """One row: build at ``width`` (and ``encoder`` for smp), count parameters and flops.
 
-    Built on the meta device first (see the module docstring), on the CPU if that fails; an
-    error of the CPU build becomes the row's ``error`` field.
+    The counts come from the cache when this code, the architecture's and the packages' are
+    those that made them; otherwise the model is built on the meta device first (see the
+    module docstring), on the CPU if that fails, and the counts are cached. An error of the
+    CPU build becomes the row's ``error`` field (errors are not cached).
     """
+    from architectures import architecture_options, get_spec
+    from bench import count_cache
+
+    spec = _spec_fields(get_spec(name))
+    options = architecture_options(name, encoder)
+    key = _count_key(spec, width, options)
+    cached = count_cache.read_counts(key) if key is not None else None
+    if cached is not None:
+        return _row(spec, width, options, *cached)
     import torch
 
-    from architectures import architecture_options, get_spec
-
-    spec = get_spec(name)
-    options = architecture_options(name, encoder)
-    row: dict[str, Any] = {
-        "name": name,
-        "source": spec.source,
-        "params": None,
-        "gflops": None,
-        "width": width,
-        "encoder": options.get("encoder"),
-        "width_note": spec.width_note,
-        "description": spec.description,
-    }
     try:
         params, gflops = _measure(name, width, options, torch.device("meta"))
     except Exception:  # noqa: BLE001 - shapes-only builds are an optimisation: retry for real
         try:
             params, gflops = _measure(name, width, options, torch.device("cpu"))
         except Exception as error:  # noqa: BLE001 - one broken architecture must not stop the list
+            row = _row(spec, width, options, None, None)
             row["error"] = f"{type(error).__name__}: {error}"
             return row
-    row["params"], row["gflops"] = params, round(gflops, 4)
-    return row
+    if key is not None:
+        count_cache.write_counts(key, params, gflops)
+    return _row(spec, width, options, params, gflops)
+
+
+#: The code that builds and counts a listed model: part of each cached count's key.
+COUNTING_FILES = (__file__,)
+
+
+def _count_key(spec: dict[str, Any], width: float, options: dict[str, Any]) -> str | None:
+    from bench import count_cache
+
+    return count_cache.count_key(spec, spec["factory_file"], width, options, SIZE, COUNTING_FILES)
+
+
+def _spec_fields(spec: Any) -> dict[str, Any]:
+    """What the list shows of an ``ArchitectureSpec``, and the file defining its factory."""
+    from bench import count_cache
+
+    fields = {field: getattr(spec, field) for field in count_cache.SPEC_FIELDS}
+    return {**fields, "factory_file": count_cache.source_file(spec.factory)}
+
+
+def _row(
+    spec: dict[str, Any],
+    width: float,
+    options: dict[str, Any],
+    params: int | None,
+    gflops: float | None,
+) -> dict[str, Any]:
+    return {
+        "name": spec["name"],
+        "source": spec["source"],
+        "params": params,
+        "gflops": round(gflops, 4) if gflops is not None else None,
+        "width": width,
+        "encoder": options.get("encoder"),
+        "width_note": spec["width_note"],
+        "description": spec["description"],
+    }
+
+
+def _cached_rows(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """The rows of a plain ``bench list`` from the cache alone, without importing torch:
+    ``None`` unless the registry and the counts of every row asked for are cached."""
+    from bench import count_cache
+
+    specs = count_cache.read_registry()
+    if specs is None:
+        return None
+    _check_width(args.width)
+    rows = []
+    for spec in sorted(specs, key=lambda spec: spec["name"]):
+        if not fnmatch.fnmatchcase(spec["name"], args.pattern):
+            continue
+        # architectures.architecture_options(name, encoder), without importing torch. No
+        # --encoder check either: a cached smp count was built with this encoder, which
+        # smp therefore knows (its version is part of the key).
+        options = (
+            {"encoder": args.encoder, "encoder_weights": None} if spec["source"] == "smp" else {}
+        )
+        key = _count_key(spec, args.width, options)
+        counts = count_cache.read_counts(key) if key is not None else None
+        if counts is None:
+            return None
+        rows.append(_row(spec, args.width, options, *counts))
+    return rows
+
+
+def _record_registry() -> None:
+    """Cache the registry as loaded now (built-ins and entry points), for :func:`_cached_rows`."""
+    from architectures import registry
+    from bench import count_cache
+
+    specs = [_spec_fields(spec) for spec in registry.default.specs()]
+    files = [spec["factory_file"] for spec in specs if spec["factory_file"] is not None]
+    count_cache.write_registry(specs, files)
 
 
 def _measure(
@@ -182,14 +263,20 @@ def _format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _check_arguments(args: argparse.Namespace, names: list[str]) -> None:
-    """Bad input is refused before anything is built (exit status 2, naming the option)."""
-    from architectures import architecture_options
+def _check_width(width: float) -> None:
     from bench.config import WIDTH_MAX
     from bench.errors import ConfigError
 
-    if not 0 < args.width <= WIDTH_MAX:  # NaN fails too
-        raise ConfigError(f"--width must be in (0, {WIDTH_MAX:g}] (got {args.width}), as for run")
+    if not 0 < width <= WIDTH_MAX:  # NaN fails too
+        raise ConfigError(f"--width must be in (0, {WIDTH_MAX:g}] (got {width}), as for run")
+
+
+def _check_arguments(args: argparse.Namespace, names: list[str]) -> None:
+    """Bad input is refused before anything is built (exit status 2, naming the option)."""
+    from architectures import architecture_options
+    from bench.errors import ConfigError
+
+    _check_width(args.width)
     if names and any(architecture_options(name, args.encoder) for name in names):
         from bench.config import encoder_problem
 
@@ -200,10 +287,35 @@ def _check_arguments(args: argparse.Namespace, names: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the ``--plugin`` files, then describe every matching architecture."""
+    # The cached registry holds the built-ins and entry points as a fresh process loads
+    # them: not what a process that already imported (and perhaps extended) it has.
+    fresh_process = "architectures" not in sys.modules and not args.plugin
+    rows = _cached_rows(args) if fresh_process else None
+    status = 0
+    if rows is None:
+        rows, status = _measured_rows(args)
+        if fresh_process:
+            from architectures import plugin_errors
+
+            if not plugin_errors():  # their warnings must be printed by every call
+                _record_registry()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif rows:
+        encoder = args.encoder if any(row["encoder"] for row in rows) else None
+        print(_caption(args.width, encoder))
+        print(_format_table(rows))
+    else:
+        print(f"no architecture matches {args.pattern!r}", file=sys.stderr)
+    return status
+
+
+def _measured_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
+    """The rows from the registry (plugins loaded), each counted or read from the cache."""
     from architectures import available, load_plugin_file, plugin_errors
     from bench.errors import ArchitectureError
 
-    _check_arguments(args, [])
+    _check_width(args.width)
     status = 0
     for path in args.plugin:
         try:
@@ -215,13 +327,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"bench: warning: architecture {message}", file=sys.stderr)
     names = available(args.pattern)
     _check_arguments(args, names)
-    rows = [describe(name, args.width, args.encoder) for name in names]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    elif rows:
-        encoder = args.encoder if any(row["encoder"] for row in rows) else None
-        print(_caption(args.width, encoder))
-        print(_format_table(rows))
-    else:
-        print(f"no architecture matches {args.pattern!r}", file=sys.stderr)
-    return status
+    return [describe(name, args.width, args.encoder) for name in names], status

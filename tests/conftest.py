@@ -38,6 +38,15 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+@pytest.fixture(autouse=True)
+def count_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> Path:
+    """``bench list``'s count cache in a new empty folder per test (``$BENCH_CACHE_DIR``, which
+    subprocesses inherit): never the user's, and no test sees another's counts."""
+    folder = tmp_path_factory.mktemp("count-cache")
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def fresh_registry() -> Iterator[registry.Registry]:
     """A registry with the built-ins and no plugin, as ``architectures``' default for one test.

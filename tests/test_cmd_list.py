@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import platformdirs
 import pytest
 from torch import nn
 
 import architectures
+from architectures import registry
+from bench import cmd_list, count_cache
 from bench.cli import main
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -172,3 +177,167 @@ def test_failing_build_is_listed_with_an_error(capsys: pytest.CaptureFixture[str
 def test_list_no_match(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", "--json", "nothing_matches_*"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+# --------------------------------------------------------------------------- the count cache
+
+
+def _count_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("counts-*.json"))
+
+
+def test_cached_counts_are_those_of_a_fresh_build(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    count_cache_dir: Path,
+) -> None:
+    """The second list reads every count from the cache (nothing is built: building would
+    fail) and gives exactly the parameters and GFLOPs of the models built now."""
+    names = ("unet_thesis", "segnet_basic", "deconvnet", "smp_unet", "smp_fpn")
+    argv = ["--width", "0.25", "--encoder", "resnet18", "[dsu]*"]
+    first = {row["name"]: row for row in _rows(capsys, *argv) if row["name"] in names}
+    assert len(_count_files(count_cache_dir)) == len(architectures.available("[dsu]*"))
+
+    def no_build(*args: object) -> None:
+        raise AssertionError("a cached model was built again")
+
+    monkeypatch.setattr(cmd_list, "_measure", no_build)
+    second = {row["name"]: row for row in _rows(capsys, *argv) if row["name"] in names}
+    assert second == first
+    for name in names:
+        options = architectures.architecture_options(name, "resnet18")
+        model = architectures.build(name, width=0.25, **options)
+        assert second[name]["params"] == architectures.count_parameters(model), name
+        assert second[name]["gflops"] == round(architectures.forward_gflops(model), 4), name
+
+
+def test_a_width_or_encoder_not_cached_is_built(
+    capsys: pytest.CaptureFixture[str], count_cache_dir: Path
+) -> None:
+    (narrow,) = _rows(capsys, "--width", "0.25", "--encoder", "resnet18", "smp_unet")
+    (wide,) = _rows(capsys, "--width", "0.5", "--encoder", "resnet18", "smp_unet")
+    (other,) = _rows(capsys, "--width", "0.25", "--encoder", "mobilenet_v2", "smp_unet")
+    assert len({narrow["params"], wide["params"], other["params"]}) == 3
+    assert len(_count_files(count_cache_dir)) == 3
+
+
+def _write_plugin(path: Path, kernel: int) -> None:
+    path.write_text(
+        "from torch import nn\n"
+        "from architectures import register_architecture\n\n\n"
+        '@register_architecture("test_cached_net")\n'
+        "def net(num_classes=3, in_channels=3, width=1.0):\n"
+        '    """Test plugin: one convolution."""\n'
+        f"    return nn.Conv2d(in_channels, num_classes, {kernel}, padding={kernel // 2})\n",
+        encoding="utf-8",
+    )
+
+
+def _registry_without_plugins() -> registry.Registry:
+    specs = registry.default.specs()
+    return registry.Registry(spec for spec in specs if not spec.source.startswith("plugin:"))
+
+
+def test_a_changed_source_file_invalidates_its_counts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    plugin = tmp_path / "cached_plugin.py"
+    _write_plugin(plugin, kernel=1)
+    argv = ["--plugin", str(plugin), "test_cached_net"]
+    assert _rows(capsys, *argv)[0]["params"] == 3 * 3 + 3
+    # A new process (here: a new registry) with the file unchanged reads the cached count,
+    monkeypatch.setattr(registry, "default", _registry_without_plugins())
+    measure = cmd_list._measure
+    monkeypatch.setattr(cmd_list, "_measure", lambda *args: (-1, -1.0))
+    assert _rows(capsys, *argv)[0]["params"] == 12
+    # but once the file changes its model is built and counted again.
+    monkeypatch.setattr(cmd_list, "_measure", measure)
+    _write_plugin(plugin, kernel=3)
+    monkeypatch.setattr(registry, "default", _registry_without_plugins())
+    assert _rows(capsys, *argv)[0]["params"] == 3 * 3 * 9 + 3
+
+
+def test_a_builtins_count_key_covers_the_architectures_package() -> None:
+    """Editing any module of ``architectures`` (a model's, the shared layers) changes the key
+    of every built-in's counts; the file defining the factory is the model's own."""
+    spec = cmd_list._spec_fields(architectures.get_spec("unet_thesis"))
+    package = Path(architectures.__file__).parent
+    assert spec["factory_file"] == str(package / "unet_thesis.py")
+    assert set(count_cache.architectures_files()) >= {
+        str(package / name) for name in ("unet_thesis.py", "layers.py", "measure.py")
+    }
+
+
+def test_a_corrupt_cache_file_is_ignored_and_rewritten(
+    capsys: pytest.CaptureFixture[str], count_cache_dir: Path
+) -> None:
+    argv = ["--width", "0.25", "segnet_basic"]
+    (expected,) = _rows(capsys, *argv)
+    (path,) = _count_files(count_cache_dir)
+    for garbage in (b"{not json", b"\xff\xfe", b"[]", b'{"format": 1, "params": "many"}', b""):
+        path.write_bytes(garbage)
+        assert _rows(capsys, *argv) == [expected]
+        assert json.loads(path.read_text(encoding="utf-8"))["params"] == expected["params"]
+
+
+def test_an_unwritable_cache_only_costs_time(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("", encoding="utf-8")
+    monkeypatch.setenv(count_cache.CACHE_DIR_ENV, str(not_a_folder))
+    (row,) = _rows(capsys, "--width", "0.25", "unet_thesis")
+    assert row["params"] == 1_643_283
+
+
+def test_the_cache_folder_is_the_users_unless_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(count_cache.CACHE_DIR_ENV)
+    user = Path(platformdirs.user_cache_dir("bench"))
+    assert count_cache.cache_dir() == user / "architecture-counts"
+    monkeypatch.setenv(count_cache.CACHE_DIR_ENV, "~/elsewhere")
+    assert count_cache.cache_dir() == Path("~/elsewhere").expanduser()
+
+
+def test_the_entry_point_group_is_the_registrys() -> None:
+    assert count_cache.ENTRY_POINT_GROUP == registry.ENTRY_POINT_GROUP
+
+
+def test_a_changed_registry_file_invalidates_the_cached_registry(tmp_path: Path) -> None:
+    factory_file = tmp_path / "plugin_module.py"
+    factory_file.write_text("# version 1\n", encoding="utf-8")
+    spec = {"name": "x", "source": "plugin:p", "description": "", "width_note": ""}
+    specs = [{**spec, "factory_file": str(factory_file)}]
+    count_cache.write_registry(specs, [str(factory_file)])
+    assert count_cache.read_registry() == specs
+    factory_file.write_text("# version 2\n", encoding="utf-8")
+    assert count_cache.read_registry() is None
+
+
+LIST_IN_A_FRESH_PROCESS = (
+    "import sys\n"
+    "from bench.cli import main\n"
+    "status = main(['list', '--json', '--width', '0.25', 'unet_thesis'])\n"
+    "print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n"
+    "sys.exit(status)\n"
+)
+
+
+def test_a_warm_list_answers_from_the_cache_without_torch(count_cache_dir: Path) -> None:
+    """In a new process, the first list builds and caches; the second gives the same output
+    from the cache without importing torch (what makes it fast)."""
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", LIST_IN_A_FRESH_PROCESS],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+
+    cold, warm = run(), run()
+    assert "torch imported: True" in cold.stderr
+    assert "torch imported: False" in warm.stderr, warm.stderr
+    assert warm.stdout == cold.stdout
+    assert json.loads(warm.stdout)[0]["params"] == 1_643_283
+    assert list(count_cache_dir.glob("registry-*.json"))

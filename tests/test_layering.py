@@ -77,6 +77,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ("bench.executors", "bench.perf", "bench.predict"),
     ),
     ("suite", ("bench.suite",)),
+    ("cached model counts of bench list", ("bench.count_cache",)),
     ("Python API", ("bench.api",)),
     (
         "commands",
