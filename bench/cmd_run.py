@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train and measure architectures, write a run directory and its report",
         description=(
             "Train every (architecture, seed, fold) cell with one common loop and write "
-            "config.json, history.csv, per_image.csv, summary.csv, report.md and figures. "
+            "config.json, history.csv, per_image.csv, summary.csv, report.md, report.html and "
+            "figures. "
             "The same command with the same --out resumes an interrupted run. "
             "Exit status: 0 all cells ok, 1 some cell failed (recorded in the results), "
             "2 bad input, 130 interrupted (Ctrl-C or SIGTERM; the message says how to resume)."
@@ -29,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.set_defaults(func=run_command)
 
     report = subparsers.add_parser(
-        "report", help="re-render report.md and the figures of a run directory from its data"
+        "report",
+        help="re-render report.md, report.html and the figures of a run directory from its data",
     )
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.set_defaults(func=report_command)

@@ -5,15 +5,20 @@
 (``cells.csv``, ``history.csv``, ``per_image.csv``, ``summary.csv`` from
 :mod:`bench.aggregate`, ``statistics.csv`` from :mod:`bench.stats`), then ``report.md``,
 and the figures (:func:`render_figures`: ``curves.png``,
-``curves_loss.png``, ``curves_accuracy.png`` and ``predictions.png``). Rendering is
-deterministic: the same data files give the same ``report.md``, byte for byte.
+``curves_loss.png``, ``curves_accuracy.png`` and ``predictions.png``), then
+``report.html`` (:func:`render_html`: the same Markdown as one page with the figures
+embedded). Rendering is deterministic: the same data files give the same ``report.md`` and
+``report.html``, byte for byte.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import importlib.resources
 import io
+import itertools
 import math
 import re
 import shlex
@@ -1528,13 +1533,156 @@ def _read_table(run: RunDir, name: str) -> list[dict[str, str]]:
     return read_csv(run.table_path(name))
 
 
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in display pixels
+
+
+def _overlap(a: Box, b: Box) -> float:
+    """The area two boxes share (0 when they are apart)."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    return width * height if width > 0 and height > 0 else 0.0
+
+
+def _label_candidates(
+    anchor: tuple[float, float], size: tuple[float, float]
+) -> list[tuple[float, Box]]:
+    """Where a label of ``size`` (w, h) may go around ``anchor``, as (distance, box), nearest
+    first: beside the point on either side (also slid up or down by whole label heights, so
+    that crowded labels stack), above and below it, at growing distances."""
+    x, y = anchor
+    w, h = size
+    boxes = []  # (preference among equally near places, box): right, left, above, below
+    for gap in (10.0, 18.0, 30.0, 46.0, 66.0, 90.0):
+        for step in range(-4, 5):
+            dy = step * (h + 2)
+            boxes.append((0, (x + gap, y - h / 2 + dy, x + gap + w, y + h / 2 + dy)))
+            boxes.append((1, (x - gap - w, y - h / 2 + dy, x - gap, y + h / 2 + dy)))
+        boxes.append((2, (x - w / 2, y + gap, x + w / 2, y + gap + h)))
+        boxes.append((3, (x - w / 2, y - gap - h, x + w / 2, y - gap)))
+    ranked = []
+    for preference, box in boxes:
+        nearest_x = min(max(x, box[0]), box[2])
+        nearest_y = min(max(y, box[1]), box[3])
+        distance = math.hypot(nearest_x - x, nearest_y - y)
+        ranked.append((round(distance, 6), preference, box))
+    ranked.sort()
+    return [(distance, box) for distance, _, box in ranked]
+
+
+def place_labels(
+    anchors: Sequence[tuple[float, float]],
+    sizes: Sequence[tuple[float, float]],
+    bounds: Box,
+    obstacles: Sequence[Box] = (),
+    pad: float = 2.0,
+) -> list[Box]:
+    """A box for each label (display pixels), one after another in the given order: the
+    nearest candidate (:func:`_label_candidates`) inside ``bounds`` that overlaps neither a
+    label placed before it nor an ``obstacle`` (markers, error bars, the legend), each kept
+    ``pad`` pixels apart. When none is free, the candidate with the least overlap. Pure and
+    deterministic: the same input gives the same boxes."""
+    placed: list[Box] = []
+    for anchor, size in zip(anchors, sizes, strict=True):
+        best: tuple[float, float, Box] | None = None
+        for distance, box in _label_candidates(anchor, size):
+            padded = (box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad)
+            outside = (
+                max(0.0, bounds[0] - box[0])
+                + max(0.0, box[2] - bounds[2])
+                + max(0.0, bounds[1] - box[1])
+                + max(0.0, box[3] - bounds[3])
+            )
+            clash = sum(_overlap(padded, other) for other in [*placed, *obstacles])
+            penalty = clash + 1000.0 * outside
+            if penalty == 0:
+                best = (0.0, distance, box)
+                break
+            if best is None or (penalty, distance) < best[:2]:
+                best = (penalty, distance, box)
+        assert best is not None
+        placed.append(best[2])
+    return placed
+
+
+def _label_points(
+    figure: Any,
+    ax: Any,
+    labels: Sequence[tuple[str, float, float, float]],
+    path: Sequence[tuple[float, float]] = (),
+) -> None:
+    """Annotate each ``(text, x, y, error half-width)`` point of ``ax`` so that no label
+    overlaps another, a marker, an error bar, the legend or the line through ``path``
+    (data coordinates; :func:`place_labels`); a label set away from its point gets a thin
+    leader line. The figure's layout must be final."""
+    renderer = figure.canvas.get_renderer()
+    to_pixels = ax.transData.transform
+    anchors = [tuple(to_pixels((x, y))) for _, x, y, _ in labels]
+    obstacles: list[Box] = []
+    for start, end in itertools.pairwise(path):
+        (x0, y0), (x1, y1) = to_pixels(start), to_pixels(end)
+        obstacles.append((min(x0, x1) - 1, min(y0, y1) - 1, max(x0, x1) + 1, max(y0, y1) + 1))
+    for (_, x, y, half), (px, py) in zip(labels, anchors, strict=True):
+        low, high = to_pixels((x, y - half))[1], to_pixels((x, y + half))[1]
+        obstacles.append((px - 6, min(py - 6, low - 1), px + 6, max(py + 6, high + 1)))
+    legend = ax.get_legend()
+    if legend is not None:
+        obstacles.append(tuple(legend.get_window_extent(renderer).extents))
+    probes = [ax.text(0, 0, text, fontsize=8) for text, *_ in labels]
+    sizes = []
+    for probe in probes:
+        extent = probe.get_window_extent(renderer)
+        sizes.append((extent.width, extent.height))
+        probe.remove()
+    frame = ax.get_window_extent(renderer).extents
+    bounds = (frame[0] + 2, frame[1] + 2, frame[2] - 2, frame[3] - 2)
+    boxes = place_labels(anchors, sizes, bounds, obstacles)
+    points_per_pixel = 72.0 / figure.dpi
+    for (text, x, y, _), (px, py), box in zip(labels, anchors, boxes, strict=True):
+        nearest_x, nearest_y = min(max(px, box[0]), box[2]), min(max(py, box[1]), box[3])
+        leader = None
+        if math.hypot(nearest_x - px, nearest_y - py) > 12:  # away from its point: a line
+            side = 0.0 if box[0] >= px else 1.0 if box[2] <= px else 0.5
+            leader = {
+                "arrowstyle": "-",
+                "color": "0.55",
+                "lw": 0.6,
+                "shrinkA": 1,
+                "shrinkB": 5,
+                "relpos": (side, 0.5),
+            }
+        ax.annotate(
+            text,
+            (x, y),
+            xytext=((box[0] - px) * points_per_pixel, (box[1] - py) * points_per_pixel),
+            textcoords="offset points",
+            fontsize=8,
+            ha="left",
+            va="bottom",
+            arrowprops=leader,
+        )
+
+
 def render_accuracy_cost(run: RunDir, meta: dict[str, Any], tables: RunTables) -> None:
     """``accuracy_cost.png``: the primary endpoint (mean foreground Dice over the test
     images, 95 % CI ≈ ±1.96 SEM) against the training time per run and against the
     parameters, one point per architecture, from ``summary.csv`` and ``statistics.csv``.
     The Pareto front (higher Dice, lower cost) is a step line through filled points;
-    dominated points are hollow; flagged architectures are triangles marked "⚠". Drawn only
-    when two or more architectures have a score."""
+    dominated points are hollow; flagged architectures are triangles marked "⚠". Each label
+    is placed apart from the others and off the markers (:func:`place_labels`), so crowded
+    points stay readable. Drawn only when two or more architectures have a score."""
+    points = accuracy_cost_points(run)
+    if len(points) < 2:
+        return
+    plt, save = _figure_saver()
+    save(accuracy_cost_figure(plt, points), run.figure_path("accuracy_cost"))
+
+
+CostPoint = tuple[str, float, float, int, dict[str, str]]
+
+
+def accuracy_cost_points(run: RunDir) -> list[CostPoint]:
+    """``(name, mean, CI half-width, images, summary row)`` of every architecture with a
+    score, from the run's ``statistics.csv`` and ``summary.csv``."""
     summary = {r["architecture"]: r for r in _read_table(run, "summary")}
     points = []
     for row in _read_table(run, "statistics"):
@@ -1543,15 +1691,20 @@ def render_accuracy_cost(run: RunDir, meta: dict[str, Any], tables: RunTables) -
         if name in summary and mean is not None and not math.isnan(mean):
             half = 1.96 * sem if sem is not None and not math.isnan(sem) else 0.0
             points.append((name, mean, half, int(_num(row.get("images")) or 0), summary[name]))
-    if len(points) < 2:
-        return
-    plt, save = _figure_saver()
+    return points
+
+
+def accuracy_cost_figure(plt: Any, points: Sequence[CostPoint]) -> Any:
+    """The figure of :func:`render_accuracy_cost` for its points
+    (:func:`accuracy_cost_points`)."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
     panels = (
         ("train_seconds", "training time per run (s)", False),
         ("params", "parameters (log scale)", True),
     )
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels: list[list[tuple[str, float, float, float]]] = []
+    paths: list[list[tuple[float, float]]] = []  # the Pareto front's steps, per panel
     for ax, (column, xlabel, log) in zip(axes, panels, strict=True):
         costs = {name: _num(extra.get(column)) for name, *_, extra in points}
         usable = [
@@ -1560,6 +1713,7 @@ def render_accuracy_cost(run: RunDir, meta: dict[str, Any], tables: RunTables) -
             if (cost := costs[name]) is not None and not math.isnan(cost) and (cost > 0 or not log)
         ]
         front = set(pareto_front(usable))
+        panel_labels = []
         for i, (name, mean, half, _images, extra) in enumerate(points):
             cost = costs[name]
             if not any(name == u[0] for u in usable):
@@ -1577,14 +1731,19 @@ def render_accuracy_cost(run: RunDir, meta: dict[str, Any], tables: RunTables) -
                 capsize=3,
                 zorder=3,
             )
-            ax.annotate(
-                f"⚠ {name}" if flagged else name,
-                (cost, mean),
-                xytext=(6, 4),
-                textcoords="offset points",
-                fontsize=8,
-            )
+            panel_labels.append((f"⚠ {name}" if flagged else name, cost, mean, half))
+        # best score first: where points crowd, the best ones keep the nearest places
+        panel_labels.sort(key=lambda label: (-label[2], label[0]))
+        labels.append(panel_labels)
         steps = sorted((c, s) for n, c, s in usable if n in front)
+        paths.append(
+            [
+                corner
+                for (c0, s0), (c1, _) in itertools.pairwise(steps)
+                for corner in ((c0, s0), (c1, s0))
+            ]
+            + steps[-1:]
+        )
         if len(steps) > 1:
             xs, ys = zip(*steps, strict=True)
             ax.step(
@@ -1600,6 +1759,9 @@ def render_accuracy_cost(run: RunDir, meta: dict[str, Any], tables: RunTables) -
             low, high = min(u[1] for u in usable), max(u[1] for u in usable)
             if high / low < 10:
                 ax.set_xlim(low / 3.5, high * 3.5)
+        else:
+            ax.margins(x=0.12)  # room for the labels of the first and last points
+        ax.margins(y=0.08)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("foreground Dice (mean over test images)")
         ax.grid(alpha=0.3)
@@ -1611,7 +1773,12 @@ def render_accuracy_cost(run: RunDir, meta: dict[str, Any], tables: RunTables) -
         fontsize=8,
         color="0.3",
     )
-    save(figure, run.figure_path("accuracy_cost"))
+    # The labels are placed in pixels, so the layout is settled first and then kept.
+    figure.draw_without_rendering()
+    figure.set_layout_engine("none")
+    for ax, panel_labels, path in zip(axes, labels, paths, strict=True):
+        _label_points(figure, ax, panel_labels, path)
+    return figure
 
 
 #: Columns of ``confusion.csv`` (:func:`render_confusion`).
@@ -1714,6 +1881,84 @@ def render_confusion(run: RunDir, meta: dict[str, Any], tables: RunTables) -> No
     save(figure, run.figure_path("confusion"))
 
 
+#: report.html's look: readable tables, figures that fit the page. Nothing is fetched from
+#: elsewhere (no fonts, scripts or files), so the one file works offline and when mailed.
+HTML_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+  max-width: 72rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.45; color: #222; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.3rem; margin-top: 2rem;
+  border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; }
+table { border-collapse: collapse; margin: 0.8rem 0; display: block; overflow-x: auto;
+  font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.55rem; white-space: nowrap; }
+td:first-child { white-space: normal; min-width: 9rem; }
+th { background: #f0f0f0; white-space: normal; } tbody tr:nth-child(even) { background: #fafafa; }
+code { background: #f3f3f3; padding: 0 0.2rem; border-radius: 3px; font-size: 0.9em; }
+pre { background: #f3f3f3; padding: 0.6rem; overflow-x: auto; }
+pre code { padding: 0; }
+blockquote { margin: 1rem 0; padding: 0.4rem 0.8rem; border-left: 4px solid #e0a800;
+  background: #fff8e1; }
+img { max-width: 100%; height: auto; display: block; margin: 0.5rem 0; }
+.missing-figure { color: #a00; }
+"""
+
+
+def _embed_figures_extension(folder: Path) -> Any:
+    """A Python-Markdown extension that turns each ``<img src="NAME.png">`` of a figure
+    in ``folder`` into a base64 data URI, so the page carries its figures. A linked figure
+    that was not drawn becomes a visible note instead of a broken image. Raw HTML in the
+    text is escaped, not passed through."""
+    from markdown.extensions import Extension
+    from markdown.treeprocessors import Treeprocessor
+
+    class EmbedFigures(Treeprocessor):
+        def run(self, root: Any) -> None:
+            for image in root.iter("img"):
+                name = image.get("src", "")
+                path = folder / name
+                if name and Path(name).name == name and path.is_file():
+                    data = base64.b64encode(path.read_bytes()).decode("ascii")
+                    image.set("src", f"data:image/png;base64,{data}")
+                else:
+                    alt = image.get("alt", "")
+                    image.attrib.clear()
+                    image.tag = "em"
+                    image.set("class", "missing-figure")
+                    image.text = f"(figure {alt or name} not drawn: {name} is missing)"
+
+    class EmbedFiguresExtension(Extension):
+        def extendMarkdown(self, md: Any) -> None:  # Python-Markdown's name
+            # after "inline" (priority 20), which makes the <img> elements
+            md.treeprocessors.register(EmbedFigures(md), "embed_figures", 5)
+            # the data's text (an error message's "<module>") is shown, never parsed as HTML
+            md.preprocessors.deregister("html_block")
+            md.inlinePatterns.deregister("html")
+
+    return EmbedFiguresExtension()
+
+
+def render_html(markdown_text: str, folder: str | Path) -> str:
+    """report.html's text: ``markdown_text`` (report.md's text, rendered once from the
+    data) as one HTML page, each figure it links read from ``folder`` and embedded as a
+    data URI. The same Markdown and figures give the same bytes."""
+    import markdown
+
+    body = markdown.markdown(
+        markdown_text,
+        extensions=["tables", "fenced_code", _embed_figures_extension(Path(folder))],
+        output_format="html",
+    )
+    first = markdown_text.splitlines()[0] if markdown_text else ""
+    title = first.lstrip("#").strip().replace("`", "") or "Benchmark report"
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{HTML_STYLE}</style>\n</head>\n"
+        f"<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
 def render_figures(run: RunDir, meta: dict[str, Any], tables: RunTables) -> None:
     """Every figure of the run (:data:`FIGURE_NAMES`), from its tables and saved maps."""
     render_curves(run, meta, tables)
@@ -1723,7 +1968,8 @@ def render_figures(run: RunDir, meta: dict[str, Any], tables: RunTables) -> None
 
 
 def render_run(run_dir: str | Path) -> Path:
-    """(Re-)write the derived tables, report.md and the figures of a run directory.
+    """(Re-)write the derived tables, report.md, the figures and report.html of a run
+    directory.
 
     Takes the directory's lock: a run still being written by another process is refused.
     """
@@ -1754,6 +2000,9 @@ def render_locked(run: RunDir, meta: dict[str, Any] | None = None) -> Path:
     # the costly bootstrap: once
     statistics = stats.statistics_rows(tables.per_image, primary, flagged)
     write_csv(run.table_path("statistics"), stats.STATISTICS_COLUMNS, statistics)
-    run.write_report(render_markdown(meta, tables, summary, statistics, run.path))
+    text = render_markdown(meta, tables, summary, statistics, run.path)
+    run.write_report(text)
     render_figures(run, meta, tables)
+    # last: it embeds the figures just drawn
+    run.write_html_report(render_html(text, run.path))
     return run.report_path

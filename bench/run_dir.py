@@ -15,6 +15,8 @@ Layout (``RUN_DIR/``)::
                        jaccard_legacy
     summary.csv, statistics.csv   per architecture, and the paired comparison
     report.md + *.png  rendered by bench.report from the data, never by training
+    report.html        report.md as one self-contained page (figures embedded), for a browser
+                       or an e-mail
     predictions/<architecture>/<image_id>.png   predicted label map, ground-truth palette,
                        original size (first seed; other seeds under seed-<S>/)
     truth/<image_id>.png, inputs/<image_id>.png ground truth and inputs of the test images
@@ -394,6 +396,10 @@ class RunDir:
     def report_path(self) -> Path:
         return self.path / "report.md"
 
+    @property
+    def html_report_path(self) -> Path:
+        return self.path / "report.html"
+
     def figure_path(self, name: str) -> Path:
         return self.path / f"{name}.png"
 
@@ -597,3 +603,6 @@ class RunDir:
 
     def write_report(self, text: str) -> None:
         atomic_write_text(self.report_path, text)
+
+    def write_html_report(self, text: str) -> None:
+        atomic_write_text(self.html_report_path, text)

@@ -158,3 +158,70 @@ def test_confusion_without_predictions_writes_an_empty_table(tmp_path):
     report.render_confusion(run, meta(), tables("unet"))
     assert read_rows(run.table_path("confusion")) == []
     assert not run.figure_path("confusion").exists()
+
+
+# --------------------------------------------------------------------------- label placement
+
+
+def boxes_apart(boxes) -> bool:
+    return all(report._overlap(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+def test_crowded_labels_get_boxes_apart_inside_the_bounds_and_off_the_markers():
+    anchors = [(100.0 + 3 * i, 200.0 + 2 * i) for i in range(6)]
+    sizes = [(70.0 + 5 * i, 12.0) for i in range(6)]
+    markers = [(x - 6, y - 6, x + 6, y + 6) for x, y in anchors]
+    bounds = (0.0, 0.0, 400.0, 400.0)
+    boxes = report.place_labels(anchors, sizes, bounds, markers)
+    assert boxes_apart(boxes)
+    assert all(report._overlap(box, marker) == 0 for box in boxes for marker in markers)
+    assert all(b[0] >= 0 and b[1] >= 0 and b[2] <= 400 and b[3] <= 400 for b in boxes)
+    for box, size in zip(boxes, sizes, strict=True):
+        assert (box[2] - box[0], box[3] - box[1]) == pytest.approx(size)
+    # deterministic: the same input gives the same boxes
+    assert report.place_labels(anchors, sizes, bounds, markers) == boxes
+
+
+def test_a_lone_label_sits_right_beside_its_point_and_turns_at_the_edge():
+    (box,) = report.place_labels([(50.0, 50.0)], [(40.0, 10.0)], (0.0, 0.0, 400.0, 400.0))
+    assert box[0] > 50 and box[0] - 50 <= 10 and box[1] < 50 < box[3]
+    # at the right edge the label goes left instead of leaving the bounds
+    (box,) = report.place_labels([(395.0, 50.0)], [(40.0, 10.0)], (0.0, 0.0, 400.0, 400.0))
+    assert box[2] < 395 and box[0] >= 0
+
+
+@pytest.mark.parametrize("name", ["clean_wbc1_cpu", "thesis_wbc1_cpu"])
+def test_accuracy_cost_labels_of_the_committed_runs_do_not_overlap(name, repo_root):
+    """The committed runs' points crowd (six architectures, four of them within 0.05 Dice
+    and 150 s): every label is drawn apart from the others, inside its panel, off every
+    marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    points = report.accuracy_cost_points(RunDir(repo_root / "reports" / name))
+    assert len(points) == 6
+    figure = report.accuracy_cost_figure(plt, points)
+    try:
+        renderer = figure.canvas.get_renderer()
+        for ax in figure.axes:
+            labels = [t for t in ax.texts if t.get_text().lstrip("⚠ ") in {p[0] for p in points}]
+            assert len(labels) == 6
+            # the text's own box (an Annotation's extent also holds its leader line)
+            for label in labels:
+                label.update_positions(renderer)
+            boxes = [tuple(Text.get_window_extent(t, renderer).extents) for t in labels]
+            assert boxes_apart(boxes)
+            frame = ax.get_window_extent(renderer).extents
+            assert all(
+                b[0] >= frame[0] and b[1] >= frame[1] and b[2] <= frame[2] and b[3] <= frame[3]
+                for b in boxes
+            )
+            for label in labels:
+                x, y = ax.transData.transform(label.xy)
+                marker = (x - 5, y - 5, x + 5, y + 5)
+                assert all(report._overlap(box, marker) == 0 for box in boxes)
+    finally:
+        plt.close(figure)

@@ -24,7 +24,7 @@ from tiny_runs import run_argv, tiny_plugin_source
 
 # One small convolution, so that a child's time goes to writing, not training; two seeds
 # and two epochs write every kind of file twice: config, truth, inputs, epoch checkpoints,
-# predictions, final checkpoints, cell records, tables, report and figures.
+# predictions, final checkpoints, cell records, tables, report, figures and report.html.
 PLUGIN = tiny_plugin_source("tiny_fcn")
 
 
@@ -122,11 +122,13 @@ def snapshot(out: Path) -> dict[str, object]:
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         name = str(path.relative_to(out))
         if (
-            name in ("config.json", "report.md", ".lock")
+            name in ("config.json", "report.md", "report.html", ".lock")
             or name.endswith(".png")
             and "/" not in name
         ):
-            continue  # times and machine; figures are rendered from the tables compared here
+            # times and machine; figures (and report.html, which embeds them) are rendered
+            # from the tables compared here
+            continue
         data = path.read_bytes()
         if name.endswith(".csv"):
             files[name] = _strip_timing(data.decode())
@@ -175,6 +177,7 @@ def test_the_run_writes_every_kind_of_file(reference):
         "cells",
     } <= kinds
     assert {"cells.csv", "history.csv", "per_image.csv", "summary.csv", "report.md"} <= kinds
+    assert "report.html" in kinds and writes[-1] == "report.html"  # last: it embeds figures
     assert {"curves_loss.png", "predictions.png"} <= kinds
 
 

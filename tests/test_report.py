@@ -440,8 +440,10 @@ def test_committed_reports_are_rendered_by_this_code(name, repo_root, tmp_path, 
     target = tmp_path / name
     shutil.copytree(repo_root / "reports" / name, target)
     before = (target / "report.md").read_text()
+    html_before = (target / "report.html").read_bytes()
     assert main(["report", str(target)]) == 0
     assert (target / "report.md").read_text() == before
+    assert (target / "report.html").read_bytes() == html_before
     assert before.splitlines()[2].startswith("**Verdict.** ")
 
 
