@@ -386,4 +386,6 @@ def render_text(result: dict[str, Any]) -> str:
         ]
     if "augmented_skipped" in result:
         lines.append(f"  augmented comparison skipped: {result['augmented_skipped']}")
+    if result.get("note"):
+        lines.append(f"  note: {result['note']}")
     return "\n".join(lines)
