@@ -13,7 +13,9 @@ changes the words as well as the numbers.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -59,7 +61,7 @@ def perf_command(record: dict[str, Any]) -> str:
             words.append("--compile")
         else:
             words += [f"--{key.replace('_', '-')}", str(value)]
-    return " ".join([*words, "--json"])
+    return shlex.join([*words, "--json"])
 
 
 def versions(environment: dict[str, Any]) -> str:
@@ -350,6 +352,172 @@ def reading(
     return [*lines, ""]
 
 
+def _sibling(name: str) -> Any:
+    """A script of this folder as a module (``suite_cost``), wherever this one is run from."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_average(record: dict[str, Any]) -> str:
+    """The 1-minute load average at a measurement's start and end (2 cores: 2 is busy)."""
+    load = record.get("load_average")
+    if not load:
+        return "not recorded"
+    return f"{load['start'][0]:.1f} → {load['end'][0]:.1f}"
+
+
+def fraction_records(records: Path = RECORDS) -> list[dict[str, Any]]:
+    """The ``bench perf`` records of the fraction-of-peak table, by architecture name."""
+    folder = records / "fraction_of_peak"
+    found = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    return [record for record in found if "fraction_of_peak" in record]
+
+
+def fraction_of_peak_section(found: list[dict[str, Any]]) -> list[str]:
+    """Achieved training TFLOP/s against the device's matmul peak measured in the same run."""
+    lines = [
+        "## Fraction of the machine's own peak",
+        "",
+        "Each row is one `bench perf` run (records in `reports/performance/fraction_of_peak/`). "
+        "Achieved = forward GFLOPs per image (torch's FlopCounterMode: a multiply-add is 2 "
+        "FLOPs; convolutions and matmuls only) × 3 (forward + backward, the standard 1:2 "
+        "estimate) × the harness's training images/s. Peak = a square dense `torch.matmul` "
+        "at the training's dtype and thread count, timed in the same run before the first "
+        "repeat and after the last, best sample. The load average is the 1-minute one at the "
+        "run's start and end, on 2 cores: above 2, other work was competing for them, and "
+        f"both rates were measured under it. GPU: {NO_GPU}.",
+        "",
+    ]
+    if not found:
+        return [*lines, "Not measured.", ""]
+    lines += [
+        "| architecture | images/s | forward GFLOPs/image | achieved TFLOP/s | peak TFLOP/s "
+        "(dtype, n) | fraction | load average | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for record in found:
+        name = record["architecture"]
+        if record["config"].get("encoder") and name.startswith("smp_"):
+            name += f" ({record['config']['encoder']})"
+        measured = record["peak"]["measurements"][0]
+        lines.append(
+            f"| `{name}` w{record['width']:g} | {record['harness_images_per_second']:.1f} | "
+            f"{record['forward_gflops_per_image']:.3f} | {record['achieved_tflops']:.4f} | "
+            f"{record['peak_tflops']:.4f} ({measured['dtype']}, {measured['size']}) | "
+            f"{record['fraction_of_peak']:.2f} | {load_average(record)} | "
+            f"`{perf_command(record)}` |"
+        )
+    lowest = min(found, key=lambda r: r["fraction_of_peak"])
+    highest = max(found, key=lambda r: r["fraction_of_peak"])
+    notes = sorted({r["note"] for r in found if r.get("note")})
+    lines += [
+        "",
+        f"Lowest fraction: `{lowest['architecture']}` ({lowest['fraction_of_peak']:.2f}); "
+        f"highest: `{highest['architecture']}` ({highest['fraction_of_peak']:.2f})."
+        + "".join(f" Note recorded with the runs: {note}." for note in notes),
+        "",
+    ]
+    return lines
+
+
+def profile_section(records: Path = RECORDS) -> list[str]:
+    """Top ops by self CPU time of the recorded profiles, and any lever measured side by side."""
+    found = [json.loads(p.read_text()) for p in sorted(records.glob("profile_*.json"))]
+    lines: list[str] = []
+    for record in found:
+        env = record["environment"]
+        lines += [
+            f"## Where `{record['architecture']}` spends its training time",
+            "",
+            f"torch.profiler over {record['steps']} training steps (batch "
+            f"{record['batch_size']}, 120×120, width {record['width']:g}, after "
+            f"{record['warmup']} untimed), {env.get('cpu_model', '?')}, "
+            f"{env.get('torch_threads', '?')} torch threads, load average "
+            f"{load_average(record)}; commit `{str(env.get('git_commit'))[:12]}`. Command: "
+            f"`{record['command']}`. Top ops by self CPU time (all threads):",
+            "",
+            "| op | self CPU s | share | calls |",
+            "|---|---|---|---|",
+        ]
+        for op in record["top_ops"]:
+            lines.append(
+                f"| `{op['op']}` | {op['self_cpu_seconds']:.2f} | {100 * op['share']:.1f} % | "
+                f"{op['calls']} |"
+            )
+        lines.append("")
+        lever = record.get("lever")
+        if lever:
+            lines += lever_lines(lever)
+    return lines
+
+
+def lever_lines(lever: dict[str, Any]) -> list[str]:
+    """A lever's side-by-side step times and the verdict they give (gain beyond noise?)."""
+    base, variant = lever["baseline"], lever["variant"]
+    ratio = min(base["seconds"]) / min(variant["seconds"])
+    # Beyond noise: every variant step faster than the fastest baseline step.
+    clear = max(variant["seconds"]) < min(base["seconds"])
+    if clear:
+        verdict = (
+            f"a gain beyond run-to-run noise ({ratio:.2f}× on the best steps; every variant "
+            "step faster than the fastest baseline step)"
+        )
+    elif min(variant["seconds"]) > max(base["seconds"]):
+        verdict = f"slower beyond noise ({ratio:.2f}× on the best steps): not adopted"
+    else:
+        verdict = (
+            f"inconclusive ({ratio:.2f}× on the best steps, but the step times overlap): "
+            "not adopted"
+        )
+    same = lever.get("identical_weights")
+    weights = (
+        "the two models' weights after the same steps are bit for bit identical"
+        if same
+        else "the two models' weights after the same steps differ (it changes the "
+        "arithmetic), so it would change training results"
+    )
+    if clear and not same:
+        verdict += ", but not adoptable: it changes training results"
+    return [
+        f"Lever tried: {lever['description']}. Steps alternated in one run, seconds per step: "
+        f"baseline {', '.join(f'{s:.2f}' for s in base['seconds'])}; variant "
+        f"{', '.join(f'{s:.2f}' for s in variant['seconds'])}; {weights}. Verdict: {verdict}.",
+        "",
+    ]
+
+
+def suite_cost_section(record: dict[str, Any] | None) -> list[str]:
+    """The per-phase cost of a small demonstration suite, from its suite_cost record."""
+    lines = [
+        "## Cost of a suite, per architecture and phase",
+        "",
+        "A small demonstration suite, not the reference suite (the full reference suite's "
+        "cost: not measured yet). Seconds summed over each architecture's cells: train "
+        "(timed training epochs), evaluate (the test pass after every epoch), other in the "
+        "cell (building the model, counting its FLOPs, epoch checkpoints, final per-image "
+        "scoring), write (predictions, checkpoint, record, derived CSVs). Made by "
+        "`python benchmarks/suite_cost.py RUN_DIR --json reports/performance/"
+        "suite_cost_demo.json`.",
+        "",
+    ]
+    if not record:
+        return [*lines, "Not measured.", ""]
+    env = record["environment"]
+    lines += [
+        f"Suite: `{record['command']}` ({env.get('cpu_model', '?')}, "
+        f"{env.get('torch_threads', '?')} torch threads, commit "
+        f"`{str(env.get('git_commit'))[:12]}`)."
+        + (f" Note recorded with it: {record['note']}." if record.get("note") else ""),
+        "",
+        *_sibling("suite_cost").render_cost(record),
+        "",
+    ]
+    return lines
+
+
 def render(records: Path = RECORDS) -> str:
     """performance.md's text from the records in ``records``."""
     perf = load("perf_unet_thesis_w0.25.json", records)
@@ -435,6 +603,9 @@ def render(records: Path = RECORDS) -> str:
         "",
     ]
     lines += reading(perf, keras, accuracy, spread)
+    lines += fraction_of_peak_section(fraction_records(records))
+    lines += profile_section(records)
+    lines += suite_cost_section(load("suite_cost_demo.json", records))
     if perf or perf_bf16:
         lines += [
             "## `bench perf`: harness, bare loop, DataLoader",

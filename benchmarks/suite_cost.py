@@ -142,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a finished bench run directory")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    parser.add_argument("--note", help="kept in the record, e.g. what else ran meanwhile")
     args = parser.parse_args(argv)
     cost = suite_cost(args.run_dir)
+    cost["note"] = args.note
     print("\n".join(render_cost(cost)))
     if args.json:
         args.json.write_text(json.dumps(cost, indent=2) + "\n")
