@@ -16,6 +16,7 @@ import argparse
 import importlib.util
 import json
 import shlex
+import statistics
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -53,7 +54,8 @@ def perf_command(record: dict[str, Any]) -> str:
     words = ["bench", "perf", config["architecture"]]
     for key, default in PERF_DEFAULTS.items():
         value = config.get(key, default)
-        if key == "architecture" or (value == default and key != "width"):
+        # the note is what the record says about the machine, not how to measure again
+        if key in ("architecture", "note") or (value == default and key != "width"):
             continue
         if key == "augmented":
             words.append("--no-augmented")
@@ -369,14 +371,18 @@ def load_average(record: dict[str, Any]) -> str:
     return f"{load['start'][0]:.1f} → {load['end'][0]:.1f}"
 
 
-def fraction_records(records: Path = RECORDS) -> list[dict[str, Any]]:
-    """The ``bench perf`` records of the fraction-of-peak table, by architecture name."""
-    folder = records / "fraction_of_peak"
-    found = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
-    return [record for record in found if "fraction_of_peak" in record]
+def fraction_records(records: Path = RECORDS) -> dict[str, list[dict[str, Any]]]:
+    """The ``bench perf`` records of the fraction-of-peak table by sweep: the records of one
+    sweep were measured one after the other, ``<sweep>_<architecture>.json``."""
+    sweeps: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted((records / "fraction_of_peak").glob("*_*.json")):
+        record = json.loads(path.read_text())
+        if "fraction_of_peak" in record:
+            sweeps.setdefault(path.name.split("_")[0], []).append(record)
+    return sweeps
 
 
-def fraction_of_peak_section(found: list[dict[str, Any]]) -> list[str]:
+def fraction_of_peak_section(sweeps: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Achieved training TFLOP/s against the device's matmul peak measured in the same run."""
     lines = [
         "## Fraction of the machine's own peak",
@@ -391,36 +397,41 @@ def fraction_of_peak_section(found: list[dict[str, Any]]) -> list[str]:
         f"both rates were measured under it. GPU: {NO_GPU}.",
         "",
     ]
-    if not found:
+    if not sweeps:
         return [*lines, "Not measured.", ""]
     lines += [
-        "| architecture | images/s | forward GFLOPs/image | achieved TFLOP/s | peak TFLOP/s "
-        "(dtype, n) | fraction | load average | command |",
-        "|---|---|---|---|---|---|---|---|",
+        "| sweep | architecture | images/s | forward GFLOPs/image | achieved TFLOP/s | "
+        "peak TFLOP/s (dtype, n) | fraction | load average | command |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for record in found:
+    found = [(sweep, record) for sweep, records in sweeps.items() for record in records]
+    for sweep, record in found:
         name = record["architecture"]
         if record["config"].get("encoder") and name.startswith("smp_"):
             name += f" ({record['config']['encoder']})"
         measured = record["peak"]["measurements"][0]
         lines.append(
-            f"| `{name}` w{record['width']:g} | {record['harness_images_per_second']:.1f} | "
+            f"| {sweep} | `{name}` w{record['width']:g} | "
+            f"{record['harness_images_per_second']:.1f} | "
             f"{record['forward_gflops_per_image']:.3f} | {record['achieved_tflops']:.4f} | "
             f"{record['peak_tflops']:.4f} ({measured['dtype']}, {measured['size']}) | "
             f"{record['fraction_of_peak']:.2f} | {load_average(record)} | "
             f"`{perf_command(record)}` |"
         )
-    lowest = min(found, key=lambda r: r["fraction_of_peak"])
-    highest = max(found, key=lambda r: r["fraction_of_peak"])
-    notes = sorted({r["note"] for r in found if r.get("note")})
-    lines += [
-        "",
-        f"Lowest fraction: `{lowest['architecture']}` ({lowest['fraction_of_peak']:.2f}); "
-        f"highest: `{highest['architecture']}` ({highest['fraction_of_peak']:.2f})."
-        + "".join(f" Note recorded with the runs: {note}." for note in notes),
-        "",
-    ]
-    return lines
+    lines.append("")
+    for sweep, records in sweeps.items():
+        lowest = min(records, key=lambda r: r["fraction_of_peak"])
+        highest = max(records, key=lambda r: r["fraction_of_peak"])
+        loads = [r["load_average"]["start"][0] for r in records]
+        lines.append(
+            f"- {sweep}: lowest fraction `{lowest['architecture']}` "
+            f"({lowest['fraction_of_peak']:.2f}), highest `{highest['architecture']}` "
+            f"({highest['fraction_of_peak']:.2f}); load average at the starts "
+            f"{min(loads):.1f}-{max(loads):.1f}."
+        )
+    notes = sorted({r["note"] for _, r in found if r.get("note")})
+    lines += [f"- Note recorded with the runs: {note}." for note in notes]
+    return [*lines, ""]
 
 
 def profile_section(records: Path = RECORDS) -> list[str]:
@@ -448,43 +459,43 @@ def profile_section(records: Path = RECORDS) -> list[str]:
                 f"{op['calls']} |"
             )
         lines.append("")
-        lever = record.get("lever")
-        if lever:
+        for lever in record.get("levers", []):
             lines += lever_lines(lever)
     return lines
 
 
 def lever_lines(lever: dict[str, Any]) -> list[str]:
-    """A lever's side-by-side step times and the verdict they give (gain beyond noise?)."""
-    base, variant = lever["baseline"], lever["variant"]
-    ratio = min(base["seconds"]) / min(variant["seconds"])
-    # Beyond noise: every variant step faster than the fastest baseline step.
-    clear = max(variant["seconds"]) < min(base["seconds"])
-    if clear:
-        verdict = (
-            f"a gain beyond run-to-run noise ({ratio:.2f}× on the best steps; every variant "
-            "step faster than the fastest baseline step)"
-        )
-    elif min(variant["seconds"]) > max(base["seconds"]):
-        verdict = f"slower beyond noise ({ratio:.2f}× on the best steps): not adopted"
+    """A lever's side-by-side step times and weights against its control's, and the verdict."""
+    base, control, variant = lever["baseline"], lever["control"], lever["variant"]
+    median = statistics.median
+    gain = median(base["seconds"]) / median(variant["seconds"])
+    noise = abs(median(base["seconds"]) / median(control["seconds"]) - 1)
+    unchanged = base["seconds"] + control["seconds"]
+    # Beyond noise: every variant step faster than the fastest step without the lever.
+    if max(variant["seconds"]) < min(unchanged):
+        speed = f"faster beyond run-to-run noise ({gain:.2f}× on the medians; control {noise:.0%})"
+    elif min(variant["seconds"]) > max(unchanged):
+        speed = f"slower beyond run-to-run noise ({gain:.2f}× on the medians)"
     else:
-        verdict = (
-            f"inconclusive ({ratio:.2f}× on the best steps, but the step times overlap): "
-            "not adopted"
+        speed = (
+            f"inconclusive ({gain:.2f}× on the medians, but its step times overlap those "
+            f"without it; the control differs from the baseline by {noise:.0%})"
         )
-    same = lever.get("identical_weights")
-    weights = (
-        "the two models' weights after the same steps are bit for bit identical"
-        if same
-        else "the two models' weights after the same steps differ (it changes the "
-        "arithmetic), so it would change training results"
+    change = lever["largest_weight_change"]
+    same_results = change["variant"] <= change["control"]
+    results = (
+        f"its weights after the same steps differ from the baseline's by at most "
+        f"{change['variant']:.2g}, against {change['control']:.2g} for the control: "
+        + ("within the training's own run-to-run difference" if same_results else "beyond it")
     )
-    if clear and not same:
-        verdict += ", but not adoptable: it changes training results"
+    adopted = speed.startswith("faster") and same_results
     return [
-        f"Lever tried: {lever['description']}. Steps alternated in one run, seconds per step: "
-        f"baseline {', '.join(f'{s:.2f}' for s in base['seconds'])}; variant "
-        f"{', '.join(f'{s:.2f}' for s in variant['seconds'])}; {weights}. Verdict: {verdict}.",
+        f"Lever tried: {lever['description']}. Steps alternated in one run with a second "
+        "baseline as control, seconds per step: baseline "
+        f"{', '.join(f'{s:.2f}' for s in base['seconds'])}; control "
+        f"{', '.join(f'{s:.2f}' for s in control['seconds'])}; variant "
+        f"{', '.join(f'{s:.2f}' for s in variant['seconds'])}. Speed: {speed}. Results: "
+        f"{results}. {'Adopted' if adopted else 'Not adopted'}.",
         "",
     ]
 
