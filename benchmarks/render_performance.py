@@ -387,7 +387,9 @@ def fraction_of_peak_section(sweeps: dict[str, list[dict[str, Any]]]) -> list[st
     lines = [
         "## Fraction of the machine's own peak",
         "",
-        "Each row is one `bench perf` run (records in `reports/performance/fraction_of_peak/`). "
+        "Each row is one `bench perf` run (records in `reports/performance/fraction_of_peak/`); "
+        "a sweep is the four commands run one after another, so its rows share the "
+        "machine's conditions more than rows of different sweeps do. "
         "Achieved = forward GFLOPs per image (torch's FlopCounterMode: a multiply-add is 2 "
         "FLOPs; convolutions and matmuls only) × 3 (forward + backward, the standard 1:2 "
         "estimate) × the harness's training images/s. Peak = a square dense `torch.matmul` "
@@ -440,6 +442,7 @@ def profile_section(records: Path = RECORDS) -> list[str]:
     lines: list[str] = []
     for record in found:
         env = record["environment"]
+        name = f"profile_{record['architecture']}.json"
         lines += [
             f"## Where `{record['architecture']}` spends its training time",
             "",
@@ -448,17 +451,27 @@ def profile_section(records: Path = RECORDS) -> list[str]:
             f"{record['warmup']} untimed), {env.get('cpu_model', '?')}, "
             f"{env.get('torch_threads', '?')} torch threads, load average "
             f"{load_average(record)}; commit `{str(env.get('git_commit'))[:12]}`. Command: "
-            f"`{record['command']}`. Top ops by self CPU time (all threads):",
+            f"`{record_command(record['command'], name)}`. "
+            "Top ops by self CPU time (all threads):",
             "",
             "| op | self CPU s | share | calls |",
             "|---|---|---|---|",
         ]
-        for op in record["top_ops"]:
+        top = record["top_ops"]
+        convolution = sum(op["share"] for op in top if "convolution" in op["op"])
+        heaviest = top[0]
+        summary = (
+            f"The convolutions (forward and backward, the ops whose FLOPs are counted) take "
+            f"{convolution:.0%} of the self CPU time, the other ops of the table "
+            f"{sum(op['share'] for op in top) - convolution:.0%}; the heaviest op is "
+            f"`{heaviest['op']}` ({heaviest['share']:.0%})."
+        )
+        for op in top:
             lines.append(
                 f"| `{op['op']}` | {op['self_cpu_seconds']:.2f} | {100 * op['share']:.1f} % | "
                 f"{op['calls']} |"
             )
-        lines.append("")
+        lines += ["", summary, ""]
         for lever in record.get("levers", []):
             lines += lever_lines(lever)
     return lines
