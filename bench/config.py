@@ -697,6 +697,11 @@ class PerfConfig:
         metavar="ARCH",
     )  # a registered name: bench.perf checks it (the registry sits above this module)
     width: float = option(0.25, "channel width multiplier (default 0.25)", check=(check_positive,))
+    encoder: str = option(
+        DEFAULT_ENCODER,
+        "encoder of the smp_* baselines, as bench run (default resnet34)",
+        check=(check_encoder,),
+    )
     batch_size: int = option(20, "default 20", check=(check_positive,))
     epochs: int = option(2, "epochs per measurement (default 2)", check=(check_positive,))
     repeats: int = option(3, "measurements per loop; medians (default 3)", check=(check_positive,))
@@ -720,6 +725,15 @@ class PerfConfig:
         flag="--no-augmented",
     )
     seed: int = option(0, "default 0", check=(check_seed,))
+    # The device's own limit, measured in the same run (bench.peak.measure_matmul_peak).
+    peak_size: int | None = option(
+        None,
+        "side of the square matmul timed for the device's peak (default 2048 on a CPU, "
+        "8192 on a GPU)",
+        check=(check_positive,),
+    )
+    # Free text kept in the record, e.g. what else ran on the machine while it measured.
+    note: str | None = option(None, "a note stored in the result (--json), e.g. the load")
 
     def run_config(self, loss: str) -> RunConfig:
         """The ``bench run`` options of the harness's cells, so that ``bench.perf.measure_harness``
@@ -734,6 +748,7 @@ class PerfConfig:
             batch_size=self.batch_size,
             loss=loss,
             width=self.width,
+            encoder=self.encoder,
             device=self.device,
             amp=self.amp,
             channels_last=self.channels_last,

@@ -22,12 +22,21 @@ for all three alike):
 The harness/bare pair runs the thesis protocol (no augmentation); the augmented pair runs
 the clean protocol's fold 0. Each measurement is repeated ``repeats`` times, alternating the
 loops so that a slow spell of the machine hits both; medians are reported.
+
+The same run measures the device's own limit (:mod:`bench.peak`): a square dense matmul at
+the training's dtype (fp32, or bf16 under ``--amp bf16``) and thread count, timed before the
+first repeat and after the last (the better counts), and sets the harness's training FLOP/s
+against it: ``achieved_tflops`` = forward GFLOPs per image (multiply-add = 2 FLOPs) × 3
+(forward + backward) × harness images/s; ``fraction_of_peak`` = achieved / peak. The load
+average at the start and the end is recorded beside them: on a shared machine both rates
+are measured under the others' load.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import multiprocessing
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -39,7 +48,7 @@ import numpy as np
 import torch
 
 import architectures
-from bench import environment, host_memory
+from bench import environment, host_memory, peak
 from bench.config import PerfConfig, validate_perf
 from bench.data import load_dataset
 from bench.errors import BenchError, ConfigError
@@ -64,7 +73,11 @@ def _build_model(
     config: PerfConfig, device: torch.device, speed: SpeedOptions
 ) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
     model = architectures.build(
-        config.architecture, num_classes=3, in_channels=3, width=config.width
+        config.architecture,
+        num_classes=3,
+        in_channels=3,
+        width=config.width,
+        **architectures.architecture_options(config.architecture, config.encoder),
     )
     forward = place_model(model.train(), device, speed)
     return model, forward
@@ -190,7 +203,10 @@ def measure_harness(
     """``bench run``'s loop (train_cell): training images/s as it records them."""
     # The protocol's defaults fill what bench run would leave to them (the learning rate).
     defaults = get_protocol(split.protocol).defaults
-    settings = CellSettings.from_config(config.run_config(loss), defaults, num_classes=3)
+    settings = replace(
+        CellSettings.from_config(config.run_config(loss), defaults, num_classes=3),
+        options=architectures.architecture_options(config.architecture, config.encoder),
+    )
     result = train_cell(config.architecture, config.seed, split.fold, split, settings, device)
     if result.status != "ok" or not result.images_per_second:
         raise BenchError(f"{config.architecture}: the harness run failed: {result.error}")
@@ -221,8 +237,11 @@ def run_perf(config: PerfConfig, progress: Callable[[str], None] | None = None) 
     device = select_device(config.device)
     speed = resolve_speed(config.amp, config.channels_last, config.compile, device)
     host_memory.apply(config.host_memory)  # the bare loop runs in the harness's conditions
+    load_at_start = os.getloadavg()
     thesis = _split(config, "thesis")
     samples: dict[str, list[float]] = {"harness": [], "bare": []}
+    dtype = speed.amp_dtype or torch.float32  # what the convolutions compute in
+    peaks = [peak.measure_matmul_peak(device, dtype, size=config.peak_size)]
     # Warm-up (one epoch, not recorded): first-call costs of the kernels and allocator.
     measure_bare(replace(config, epochs=1), thesis, device, speed, "bce")
     for repeat in range(config.repeats):
@@ -244,6 +263,10 @@ def run_perf(config: PerfConfig, progress: Callable[[str], None] | None = None) 
         "bare_images_per_second": statistics.median(samples["bare"]),
     }
     result["ratio"] = result["harness_images_per_second"] / result["bare_images_per_second"]
+    peaks.append(peak.measure_matmul_peak(device, dtype, size=config.peak_size))
+    result.update(
+        fraction_of_peak(config, result["image_size"], result["harness_images_per_second"], peaks)
+    )
     skipped = dataloader_peer_missing() if config.augmented else None
     if skipped:
         say(f"augmented comparison skipped: {skipped}")
@@ -293,7 +316,43 @@ def run_perf(config: PerfConfig, progress: Callable[[str], None] | None = None) 
     }
     result["config"] = asdict(config)
     result["environment"] = environment.describe(device)
+    result["load_average"] = {"start": list(load_at_start), "end": list(os.getloadavg())}
+    result["note"] = config.note
     return result
+
+
+def fraction_of_peak(
+    config: PerfConfig,
+    image_size: list[int],
+    images_per_second: float,
+    peaks: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The harness's training TFLOP/s against the best of the matmul ``peaks`` measured."""
+    model = architectures.build(
+        config.architecture,
+        num_classes=3,
+        in_channels=3,
+        width=config.width,
+        **architectures.architecture_options(config.architecture, config.encoder),
+    )
+    gflops = architectures.forward_gflops(model, size=(image_size[0], image_size[1]))
+    achieved = peak.training_tflops(gflops, images_per_second)
+    best = max(peaks, key=lambda measured: measured["peak_tflops"])
+    return {
+        "forward_gflops_per_image": gflops,
+        "achieved_tflops": achieved,
+        "peak_tflops": best["peak_tflops"],
+        "fraction_of_peak": peak.fraction_of_peak(achieved, best["peak_tflops"]),
+        "peak": {
+            "measurements": peaks,  # before the first repeat, after the last
+            "flop_convention": "multiply-add = 2 FLOPs; matmul n×n×n = 2 n³",
+            "training_convention": (
+                f"training FLOPs = {peak.TRAINING_FLOPS_PER_FORWARD} × forward "
+                "(forward + backward at 1:2); forward counted by torch FlopCounterMode "
+                "(convolutions and matmuls only)"
+            ),
+        },
+    }
 
 
 def render_text(result: dict[str, Any]) -> str:
@@ -306,6 +365,16 @@ def render_text(result: dict[str, Any]) -> str:
         f"  harness  {result['harness_images_per_second']:9.2f} img/s",
         f"  bare     {result['bare_images_per_second']:9.2f} img/s",
         f"  ratio    {result['ratio']:9.3f}  (harness / bare)",
+        f"  achieved {result['achieved_tflops']:9.4f} TFLOP/s  (harness: "
+        f"{result['forward_gflops_per_image']:.3f} forward GFLOPs/image x 3 x img/s)",
+        f"  peak     {result['peak_tflops']:9.4f} TFLOP/s  (square "
+        f"{result['peak']['measurements'][0]['dtype']} matmul, n="
+        f"{result['peak']['measurements'][0]['size']}, "
+        f"{result['peak']['measurements'][0]['threads']} threads, best sample)",
+        f"  fraction {result['fraction_of_peak']:9.3f}  (achieved / peak)",
+        "  load average (1 min) {:.2f} at start, {:.2f} at end".format(
+            result["load_average"]["start"][0], result["load_average"]["end"][0]
+        ),
     ]
     if "augmented_ratio" in result:
         lines += [
@@ -317,4 +386,6 @@ def render_text(result: dict[str, Any]) -> str:
         ]
     if "augmented_skipped" in result:
         lines.append(f"  augmented comparison skipped: {result['augmented_skipped']}")
+    if result.get("note"):
+        lines.append(f"  note: {result['note']}")
     return "\n".join(lines)

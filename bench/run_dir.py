@@ -26,6 +26,11 @@ Layout (``RUN_DIR/``)::
     resume/<architecture>_seed<S>_fold<F>.pt   epoch checkpoint of a cell in progress (model,
                        optimiser, history, RNG states; weights_only), deleted once the cell's
                        record is written
+    timing.json        seconds of the writes that follow each cell's record (the record
+                       itself, the derived CSVs, --track's file) and of the final report;
+                       the writes before the record (predictions, checkpoint) are in the
+                       record (``write_seconds``). Rewritten after every cell; wall times
+                       only, so losing it loses no result (the cost table then says so)
 
 While a process writes the directory it holds an flock on it (:meth:`RunDir.lock`). The
 three CSVs are derived from the cell records and rewritten whole after every cell, so
@@ -108,6 +113,9 @@ CELL_COLUMNS = (
     "batch_size",
     "lr",
     *RUN_MEASURES,
+    # Seconds to write the cell's predictions and checkpoint, measured by the suite before
+    # it writes the record (the commit point), so that it can be part of it.
+    "write_seconds",
 )
 #: The WBC task's metric classes ("cell" is the whole cell, cytoplasm ∪ nucleus).
 WBC_METRIC_CLASS_NAMES = ("background", "cytoplasm", "nucleus", "cell")
@@ -151,7 +159,8 @@ _INT_COLUMNS = frozenset({"seed", "fold", "epoch", "params", "epochs", "best_epo
 _INT_COLUMNS |= frozenset(PER_IMAGE_COUNTS)
 _TEXT_COLUMNS = frozenset({"architecture", "status", "error", "split", "image_id", "class"})
 _OPTIONAL = frozenset(
-    {"fold", *RUN_MEASURES, "params", "gflops", "seconds", "lr", "best_epoch", *PER_IMAGE_COUNTS}
+    {"fold", *RUN_MEASURES, "params", "gflops", "seconds", "lr", "best_epoch", "write_seconds"}
+    | set(PER_IMAGE_COUNTS)
 )
 #: Optional in history rows only (a per-image row's ``dice`` is required).
 _HISTORY_OPTIONAL = _OPTIONAL | {"dice"}
@@ -522,6 +531,34 @@ class RunDir:
 
     def write_meta(self, meta: Mapping[str, Any]) -> None:
         write_json(self.config_path, meta)
+
+    @property
+    def timing_path(self) -> Path:
+        return self.path / "timing.json"
+
+    def read_timing(self) -> dict[str, Any]:
+        """timing.json: ``after_record_seconds`` (cell stem → seconds) and
+        ``report_seconds``; empty ones when the file is missing or not readable (it holds
+        wall times only: a run without it has lost no result)."""
+        timing: dict[str, Any] = {"after_record_seconds": {}, "report_seconds": None}
+        try:
+            data = read_json(self.timing_path)
+        except ConfigError:
+            return timing
+        seconds = data.get("after_record_seconds")
+        if isinstance(seconds, dict):
+            timing["after_record_seconds"] = {
+                str(stem): float(value)
+                for stem, value in seconds.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)
+            }
+        report = data.get("report_seconds")
+        if isinstance(report, (int, float)) and not isinstance(report, bool):
+            timing["report_seconds"] = float(report)
+        return timing
+
+    def write_timing(self, timing: Mapping[str, Any]) -> None:
+        write_json(self.timing_path, timing)
 
     # ------------------------------------------------------------------ cells
     def commit_cell(self, record: CellRecord) -> None:

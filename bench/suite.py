@@ -511,6 +511,14 @@ def _run_locked(
     run.write_meta(meta)
     for split in splits.values():
         write_test_images(run, split, palette)
+    # Wall times of the writes after each record, kept for the cells already done.
+    timing = run.read_timing()
+    done_stems = {cell_stem(*key) for key in done}
+    timing["after_record_seconds"] = {
+        stem: seconds
+        for stem, seconds in timing["after_record_seconds"].items()
+        if stem in done_stems
+    }
     # --track: each finished cell's event file, made from its committed record. The cells
     # done before a resume are (re)written too: identical bytes, and --track may be new.
     tracker = make_tracker(config.track, run.path, meta)
@@ -545,14 +553,23 @@ def _run_locked(
             for number, cell in enumerate(results, start=len(done) + 1):
                 record = record_of(cell)
                 # Outputs first, the record last: a cell is done exactly when its record
-                # exists, and until then its epoch checkpoint is kept.
+                # exists, and until then its epoch checkpoint is kept. The outputs' time
+                # is known before the record is written, so the record holds it; the
+                # writes after it are timed into timing.json.
+                writing = time.perf_counter()
                 save_cell_outputs(run, cell, splits[cell.fold], palette, primary_seed)
+                record.row["write_seconds"] = time.perf_counter() - writing
+                committing = time.perf_counter()
                 run.commit_cell(record)
                 tracker.write_cell(record)
                 run.resume_path(*record.key).unlink(missing_ok=True)
                 print(summary_line(record, f"[cell {number}/{len(order)}]"), flush=True)
                 finished[record.key] = record
                 write_rows()
+                timing["after_record_seconds"][cell_stem(*record.key)] = (
+                    time.perf_counter() - committing
+                )
+                run.write_timing(timing)
         write_rows()  # also when every cell was done before
     except (CellInterrupted, KeyboardInterrupt):
         write_rows()  # every finished cell; the cut one has its epoch checkpoint
@@ -572,7 +589,10 @@ def _run_locked(
     meta["environment"].update(executor.environment())
     meta["finished_utc"] = utc_now()
     run.write_meta(meta)
+    rendering = time.perf_counter()
     report.render_locked(run)  # derives summary.csv and statistics.csv, then renders
+    timing["report_seconds"] = time.perf_counter() - rendering
+    run.write_timing(timing)
     return SuiteOutcome(run.path, [finished[key] for key in order])
 
 

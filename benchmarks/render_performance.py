@@ -13,7 +13,10 @@ changes the words as well as the numbers.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import shlex
+import statistics
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -51,7 +54,8 @@ def perf_command(record: dict[str, Any]) -> str:
     words = ["bench", "perf", config["architecture"]]
     for key, default in PERF_DEFAULTS.items():
         value = config.get(key, default)
-        if key == "architecture" or (value == default and key != "width"):
+        # the note is what the record says about the machine, not how to measure again
+        if key in ("architecture", "note") or (value == default and key != "width"):
             continue
         if key == "augmented":
             words.append("--no-augmented")
@@ -59,7 +63,7 @@ def perf_command(record: dict[str, Any]) -> str:
             words.append("--compile")
         else:
             words += [f"--{key.replace('_', '-')}", str(value)]
-    return " ".join([*words, "--json"])
+    return shlex.join([*words, "--json"])
 
 
 def versions(environment: dict[str, Any]) -> str:
@@ -350,6 +354,194 @@ def reading(
     return [*lines, ""]
 
 
+def _sibling(name: str) -> Any:
+    """A script of this folder as a module (``suite_cost``), wherever this one is run from."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_average(record: dict[str, Any]) -> str:
+    """The 1-minute load average at a measurement's start and end (2 cores: 2 is busy)."""
+    load = record.get("load_average")
+    if not load:
+        return "not recorded"
+    return f"{load['start'][0]:.1f} → {load['end'][0]:.1f}"
+
+
+def fraction_records(records: Path = RECORDS) -> dict[str, list[dict[str, Any]]]:
+    """The ``bench perf`` records of the fraction-of-peak table by sweep: the records of one
+    sweep were measured one after the other, ``<sweep>_<architecture>.json``."""
+    sweeps: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted((records / "fraction_of_peak").glob("*_*.json")):
+        record = json.loads(path.read_text())
+        if "fraction_of_peak" in record:
+            sweeps.setdefault(path.name.split("_")[0], []).append(record)
+    return sweeps
+
+
+def fraction_of_peak_section(sweeps: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Achieved training TFLOP/s against the device's matmul peak measured in the same run."""
+    lines = [
+        "## Fraction of the machine's own peak",
+        "",
+        "Each row is one `bench perf` run (records in `reports/performance/fraction_of_peak/`); "
+        "a sweep is the four commands run one after another, so its rows share the "
+        "machine's conditions more than rows of different sweeps do. "
+        "Achieved = forward GFLOPs per image (torch's FlopCounterMode: a multiply-add is 2 "
+        "FLOPs; convolutions and matmuls only) × 3 (forward + backward, the standard 1:2 "
+        "estimate) × the harness's training images/s. Peak = a square dense `torch.matmul` "
+        "at the training's dtype and thread count, timed in the same run before the first "
+        "repeat and after the last, best sample. The load average is the 1-minute one at the "
+        "run's start and end, on 2 cores: above 2, other work was competing for them, and "
+        f"both rates were measured under it. GPU: {NO_GPU}.",
+        "",
+    ]
+    if not sweeps:
+        return [*lines, "Not measured.", ""]
+    lines += [
+        "| sweep | architecture | images/s | forward GFLOPs/image | achieved TFLOP/s | "
+        "peak TFLOP/s (dtype, n) | fraction | load average | command |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    found = [(sweep, record) for sweep, records in sweeps.items() for record in records]
+    for sweep, record in found:
+        name = record["architecture"]
+        if record["config"].get("encoder") and name.startswith("smp_"):
+            name += f" ({record['config']['encoder']})"
+        measured = record["peak"]["measurements"][0]
+        lines.append(
+            f"| {sweep} | `{name}` w{record['width']:g} | "
+            f"{record['harness_images_per_second']:.1f} | "
+            f"{record['forward_gflops_per_image']:.3f} | {record['achieved_tflops']:.4f} | "
+            f"{record['peak_tflops']:.4f} ({measured['dtype']}, {measured['size']}) | "
+            f"{record['fraction_of_peak']:.2f} | {load_average(record)} | "
+            f"`{perf_command(record)}` |"
+        )
+    lines.append("")
+    for sweep, records in sweeps.items():
+        lowest = min(records, key=lambda r: r["fraction_of_peak"])
+        highest = max(records, key=lambda r: r["fraction_of_peak"])
+        loads = [r["load_average"]["start"][0] for r in records]
+        lines.append(
+            f"- {sweep}: lowest fraction `{lowest['architecture']}` "
+            f"({lowest['fraction_of_peak']:.2f}), highest `{highest['architecture']}` "
+            f"({highest['fraction_of_peak']:.2f}); load average at the starts "
+            f"{min(loads):.1f}-{max(loads):.1f}."
+        )
+    notes = sorted({r["note"] for _, r in found if r.get("note")})
+    lines += [f"- Note recorded with the runs: {note}." for note in notes]
+    return [*lines, ""]
+
+
+def profile_section(records: Path = RECORDS) -> list[str]:
+    """Top ops by self CPU time of the recorded profiles, and any lever measured side by side."""
+    found = [json.loads(p.read_text()) for p in sorted(records.glob("profile_*.json"))]
+    lines: list[str] = []
+    for record in found:
+        env = record["environment"]
+        name = f"profile_{record['architecture']}.json"
+        lines += [
+            f"## Where `{record['architecture']}` spends its training time",
+            "",
+            f"torch.profiler over {record['steps']} training steps (batch "
+            f"{record['batch_size']}, 120×120, width {record['width']:g}, after "
+            f"{record['warmup']} untimed), {env.get('cpu_model', '?')}, "
+            f"{env.get('torch_threads', '?')} torch threads, load average "
+            f"{load_average(record)}; commit `{str(env.get('git_commit'))[:12]}`. Command: "
+            f"`{record_command(record['command'], name)}`. "
+            "Top ops by self CPU time (all threads):",
+            "",
+            "| op | self CPU s | share | calls |",
+            "|---|---|---|---|",
+        ]
+        top = record["top_ops"]
+        convolution = sum(op["share"] for op in top if "convolution" in op["op"])
+        heaviest = top[0]
+        summary = (
+            f"The convolutions (forward and backward, the ops whose FLOPs are counted) take "
+            f"{convolution:.0%} of the self CPU time, the other ops of the table "
+            f"{sum(op['share'] for op in top) - convolution:.0%}; the heaviest op is "
+            f"`{heaviest['op']}` ({heaviest['share']:.0%})."
+        )
+        for op in top:
+            lines.append(
+                f"| `{op['op']}` | {op['self_cpu_seconds']:.2f} | {100 * op['share']:.1f} % | "
+                f"{op['calls']} |"
+            )
+        lines += ["", summary, ""]
+        for lever in record.get("levers", []):
+            lines += lever_lines(lever)
+    return lines
+
+
+def lever_lines(lever: dict[str, Any]) -> list[str]:
+    """A lever's side-by-side step times and weights against its control's, and the verdict."""
+    base, control, variant = lever["baseline"], lever["control"], lever["variant"]
+    median = statistics.median
+    gain = median(base["seconds"]) / median(variant["seconds"])
+    noise = abs(median(base["seconds"]) / median(control["seconds"]) - 1)
+    unchanged = base["seconds"] + control["seconds"]
+    # Beyond noise: every variant step faster than the fastest step without the lever.
+    if max(variant["seconds"]) < min(unchanged):
+        speed = f"faster beyond run-to-run noise ({gain:.2f}× on the medians; control {noise:.0%})"
+    elif min(variant["seconds"]) > max(unchanged):
+        speed = f"slower beyond run-to-run noise ({gain:.2f}× on the medians)"
+    else:
+        speed = (
+            f"inconclusive ({gain:.2f}× on the medians, but its step times overlap those "
+            f"without it; the control differs from the baseline by {noise:.0%})"
+        )
+    change = lever["largest_weight_change"]
+    same_results = change["variant"] <= change["control"]
+    results = (
+        f"its weights after the same steps differ from the baseline's by at most "
+        f"{change['variant']:.2g}, against {change['control']:.2g} for the control: "
+        + ("within the training's own run-to-run difference" if same_results else "beyond it")
+    )
+    adopted = speed.startswith("faster") and same_results
+    return [
+        f"Lever tried: {lever['description']}. Steps alternated in one run with a second "
+        "baseline as control, seconds per step: baseline "
+        f"{', '.join(f'{s:.2f}' for s in base['seconds'])}; control "
+        f"{', '.join(f'{s:.2f}' for s in control['seconds'])}; variant "
+        f"{', '.join(f'{s:.2f}' for s in variant['seconds'])}. Speed: {speed}. Results: "
+        f"{results}. {'Adopted' if adopted else 'Not adopted'}.",
+        "",
+    ]
+
+
+def suite_cost_section(record: dict[str, Any] | None) -> list[str]:
+    """The per-phase cost of a small demonstration suite, from its suite_cost record."""
+    lines = [
+        "## Cost of a suite, per architecture and phase",
+        "",
+        "A small demonstration suite, not the reference suite (the full reference suite's "
+        "cost: not measured yet). Seconds summed over each architecture's cells: train "
+        "(timed training epochs), evaluate (the test pass after every epoch), other in the "
+        "cell (building the model, counting its FLOPs, epoch checkpoints, final per-image "
+        "scoring), write (predictions, checkpoint, record, derived CSVs). Made by "
+        "`python benchmarks/suite_cost.py RUN_DIR --json reports/performance/"
+        "suite_cost_demo.json`.",
+        "",
+    ]
+    if not record:
+        return [*lines, "Not measured.", ""]
+    env = record["environment"]
+    lines += [
+        f"Suite: `{record['command']}` ({env.get('cpu_model', '?')}, "
+        f"{env.get('torch_threads', '?')} torch threads, commit "
+        f"`{str(env.get('git_commit'))[:12]}`)."
+        + (f" Note recorded with it: {record['note']}." if record.get("note") else ""),
+        "",
+        *_sibling("suite_cost").render_cost(record),
+        "",
+    ]
+    return lines
+
+
 def render(records: Path = RECORDS) -> str:
     """performance.md's text from the records in ``records``."""
     perf = load("perf_unet_thesis_w0.25.json", records)
@@ -435,6 +627,9 @@ def render(records: Path = RECORDS) -> str:
         "",
     ]
     lines += reading(perf, keras, accuracy, spread)
+    lines += fraction_of_peak_section(fraction_records(records))
+    lines += profile_section(records)
+    lines += suite_cost_section(load("suite_cost_demo.json", records))
     if perf or perf_bf16:
         lines += [
             "## `bench perf`: harness, bare loop, DataLoader",

@@ -44,7 +44,7 @@ def crash_argv(plugin: Path) -> list[str]:
 
 # Columns that hold wall times: they differ between any two runs.
 TIMING_COLUMNS = {"seconds", "train_seconds", "total_seconds", "images_per_second"}
-TIMING_COLUMNS |= {"peak_memory_mb"}
+TIMING_COLUMNS |= {"peak_memory_mb", "write_seconds"}
 
 
 class _CountingOs:
@@ -122,7 +122,7 @@ def snapshot(out: Path) -> dict[str, object]:
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         name = str(path.relative_to(out))
         if (
-            name in ("config.json", "report.md", "report.html", ".lock")
+            name in ("config.json", "report.md", "report.html", ".lock", "timing.json")
             or name.endswith(".png")
             and "/" not in name
         ):
@@ -177,7 +177,9 @@ def test_the_run_writes_every_kind_of_file(reference):
         "cells",
     } <= kinds
     assert {"cells.csv", "history.csv", "per_image.csv", "summary.csv", "report.md"} <= kinds
-    assert "report.html" in kinds and writes[-1] == "report.html"  # last: it embeds figures
+    assert "report.html" in kinds and "timing.json" in kinds
+    # report.html embeds the figures drawn before it; timing.json then records the report's time
+    assert writes[-2:] == ["report.html", "timing.json"]
     assert {"curves_loss.png", "predictions.png"} <= kinds
 
 

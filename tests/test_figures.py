@@ -295,3 +295,56 @@ def test_seed_noise_verdict_follows_the_records(records):
     assert "## Accuracy does not move" not in text
     assert "`channels_last_bf16` is beyond seed noise" in text
     assert "Beyond seed noise:" in text and "`channels_last_bf16`" in text
+
+
+def _fraction_record(architecture: str, fraction: float) -> dict:
+    """A bench perf record's fraction-of-peak keys, consistent with each other."""
+    peak = 0.04
+    return {
+        "architecture": architecture,
+        "width": 0.25,
+        "harness_images_per_second": 10.0,
+        "forward_gflops_per_image": fraction * peak * 1e3 / 30,
+        "achieved_tflops": fraction * peak,
+        "peak_tflops": peak,
+        "fraction_of_peak": fraction,
+        "peak": {"measurements": [{"dtype": "float32", "size": 2048}]},
+        "load_average": {"start": [7.5, 7, 7], "end": [6.5, 7, 7]},
+        "note": "shared machine",
+        "config": {"architecture": architecture, "width": 0.25, "note": "shared machine"},
+    }
+
+
+def test_fraction_of_peak_and_lever_verdicts_follow_the_records(tmp_path):
+    render_performance = _render_performance()
+    folder = tmp_path / "fraction_of_peak"
+    folder.mkdir()
+    for name, fraction in (("unet_thesis", 0.13), ("segnet_basic", 0.42)):
+        (folder / f"sweep1_{name}.json").write_text(json.dumps(_fraction_record(name, fraction)))
+    text = render_performance.render(tmp_path)
+    assert "lowest fraction `unet_thesis` (0.13), highest `segnet_basic` (0.42)" in text
+    assert "| sweep1 | `unet_thesis` w0.25 | 10.0 |" in text and "| 7.5 → 6.5 |" in text
+    assert "Note recorded with the runs: shared machine" in text
+    assert "--note" not in text  # the note is shown, not part of the command
+
+    (folder / "sweep1_unet_thesis.json").write_text(
+        json.dumps(_fraction_record("unet_thesis", 0.5))
+    )
+    text = render_performance.render(tmp_path)
+    assert "lowest fraction `segnet_basic` (0.42), highest `unet_thesis` (0.50)" in text
+
+    def lever(variant, change):
+        return {
+            "description": "a lever",
+            "baseline": {"seconds": [1.0, 1.1]},
+            "control": {"seconds": [1.05, 1.0]},
+            "variant": {"seconds": variant},
+            "largest_weight_change": {"control": 1e-4, "variant": change},
+        }
+
+    assert "Adopted." in render_performance.lever_lines(lever([0.5, 0.6], 1e-4))[0]
+    beyond = render_performance.lever_lines(lever([0.5, 0.6], 1e-2))[0]
+    assert "beyond it. Not adopted." in beyond
+    overlap = render_performance.lever_lines(lever([0.9, 1.05], 1e-5))[0]
+    assert "inconclusive" in overlap and "Not adopted." in overlap
+    assert "slower beyond" in render_performance.lever_lines(lever([2.0, 2.1], 0.0))[0]

@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bench.images",
             "bench.synthetic",
             "bench.environment",
+            "bench.peak",
             "bench.config",
             "bench.recipes",
         ),

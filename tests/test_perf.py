@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 
+import architectures
 from bench.cli import main
 from bench.errors import ConfigError
+from bench.peak import fraction_of_peak, matmul_flops, measure_matmul_peak, training_tflops
 from bench.perf import PerfConfig, measure_bare, render_text, run_perf
 from bench.runner import images_trained, resolve_speed
 
@@ -24,6 +27,8 @@ TINY = [
     "2",
     "--batch-size",
     "8",
+    "--peak-size",
+    "128",
 ]
 
 
@@ -44,13 +49,72 @@ def test_perf_json_keys_and_ratios(capsys):
     assert result["augmented_train_images"] == 19
     assert result["speed"]["channels_last"] is True  # auto on CPU
     assert result["environment"]["cpu_model"]
+    # The machine's own limit, measured in the same run, and the harness's share of it.
+    for key in ("achieved_tflops", "peak_tflops", "fraction_of_peak"):
+        assert result[key] > 0
+    assert result["fraction_of_peak"] == pytest.approx(
+        result["achieved_tflops"] / result["peak_tflops"]
+    )
+    model = architectures.build("unet_thesis", num_classes=3, width=0.0625)
+    gflops = architectures.forward_gflops(model, (120, 120))
+    assert result["forward_gflops_per_image"] == pytest.approx(gflops)
+    assert result["achieved_tflops"] == pytest.approx(
+        gflops * 3 * result["harness_images_per_second"] / 1e3
+    )
+    measured = result["peak"]["measurements"]
+    assert len(measured) == 2  # before the first repeat and after the last; the best counts
+    assert result["peak_tflops"] == max(m["peak_tflops"] for m in measured)
+    assert {m["dtype"] for m in measured} == {"float32"}
+    assert {m["threads"] for m in measured} == {torch.get_num_threads()}  # the training's
+    assert len(result["load_average"]["start"]) == len(result["load_average"]["end"]) == 3
 
 
 def test_perf_text_and_no_augmented(capsys):
-    assert main(["perf", "segnet_basic", *TINY, "--no-augmented", "--repeats", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "harness / bare" in out
-    assert "dataloader" not in out
+    argv = ["perf", "segnet_basic", *TINY, "--no-augmented", "--repeats", "1", "--note", "busy"]
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["note"] == "busy" and result["config"]["note"] == "busy"
+    text = render_text(result)
+    assert "harness / bare" in text and "achieved / peak" in text and "load average" in text
+    assert "dataloader" not in text
+
+
+def test_matmul_peak_on_a_tiny_size_is_sane():
+    """A 64×64 matmul on this CPU: positive, finite rates, the best sample reported, below
+    any CPU's reach (1 PFLOP/s), and the thread count restored after a measurement at 1."""
+    threads = torch.get_num_threads()
+    measured = measure_matmul_peak(torch.device("cpu"), size=64, repeats=3, threads=1)
+    assert torch.get_num_threads() == threads
+    assert measured["threads"] == 1 and measured["size"] == 64 and measured["dtype"] == "float32"
+    assert len(measured["samples_tflops"]) == 3
+    assert all(0 < rate < 1000 for rate in measured["samples_tflops"])
+    assert measured["peak_tflops"] == max(measured["samples_tflops"])
+    bf16 = measure_matmul_peak(torch.device("cpu"), torch.bfloat16, size=64, repeats=1)
+    assert bf16["dtype"] == "bfloat16" and bf16["peak_tflops"] > 0
+
+
+def test_flop_conventions():
+    assert matmul_flops(3) == 54  # 27 multiply-adds, 2 FLOPs each
+    # 1 forward GFLOP per image at 100 images/s: 300 GFLOP/s of training = 0.3 TFLOP/s
+    assert training_tflops(1.0, 100.0) == pytest.approx(0.3)
+    assert fraction_of_peak(0.3, 1.2) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="positive"):
+        fraction_of_peak(0.3, 0.0)
+
+
+def test_perf_builds_the_smp_encoder_it_is_given():
+    """--encoder reaches the model whose FLOPs are counted (and the loops': same builder)."""
+    from bench import perf
+
+    config = PerfConfig(architecture="smp_unet", width=0.0625, encoder="resnet18")
+    peaks = [{"peak_tflops": 1.0}]
+    counted = perf.fraction_of_peak(config, [64, 64], 10.0, peaks)
+    resnet18 = architectures.build("smp_unet", width=0.0625, encoder="resnet18")
+    assert counted["forward_gflops_per_image"] == pytest.approx(
+        architectures.forward_gflops(resnet18, (64, 64))
+    )
+    resnet34 = perf.fraction_of_peak(replace(config, encoder="resnet34"), [64, 64], 10.0, peaks)
+    assert resnet34["forward_gflops_per_image"] > counted["forward_gflops_per_image"]
 
 
 def test_perf_without_albumentations_skips_the_peer_and_says_why(monkeypatch, capsys):

@@ -43,6 +43,7 @@ TIMING_COLUMNS = {
     "total_seconds",
     "images_per_second",
     "peak_memory_mb",
+    "write_seconds",
 }
 
 

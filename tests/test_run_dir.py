@@ -8,6 +8,7 @@ Kills at every write point are in tests/test_crash_safety.py.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import shutil
 import textwrap
@@ -160,6 +161,59 @@ def test_a_resumed_cell_counts_the_time_of_every_invocation(tmp_path, monkeypatc
     (cell,) = rows(out / "cells.csv")
     assert float(cell["total_seconds"]) > earlier
     assert float(cell["total_seconds"]) > float(cell["train_seconds"])
+
+
+def _suite_cost():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "suite_cost.py"
+    spec = importlib.util.spec_from_file_location("suite_cost", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_write_phase_is_timed_and_the_cost_table_adds_up(copy_of, monkeypatch, capsys):
+    """Each record holds its predictions' and checkpoint's write time (measured before the
+    record, its commit point); timing.json the writes after it and the report's; the cost
+    table's phases add up to each cell's total plus its writes, and a resume keeps the
+    times of the cells done before it."""
+    run = copy_of()
+    records, _ = RunDir(run).load_records()
+    timing = RunDir(run).read_timing()
+    assert timing["report_seconds"] > 0
+    for key, record in records.items():
+        assert record.row["write_seconds"] > 0
+        assert timing["after_record_seconds"][f"segnet_basic_seed{key[1]}_fold0"] > 0
+    assert [float(r["write_seconds"]) > 0 for r in rows(run / "cells.csv")] == [True, True]
+
+    cost = _suite_cost().suite_cost(run)
+    (row,) = cost["architectures"]
+    assert row["cells"] == 2 and row["write_unmeasured"] == 0
+    expected_total = sum(
+        r.row["total_seconds"] + r.row["write_seconds"] for r in records.values()
+    ) + sum(timing["after_record_seconds"].values())
+    assert row["total"] == pytest.approx(expected_total)
+    assert row["train"] == pytest.approx(
+        sum(h["seconds"] for r in records.values() for h in r.history if h["split"] == "train")
+    )
+    assert sum(row["shares"].values()) == pytest.approx(1.0)
+    assert cost["wall_seconds"] >= 0 and not cost["resumed"]
+    table = "\n".join(_suite_cost().render_cost(cost))
+    assert "| `segnet_basic` | 2 |" in table and "not measured" not in table
+
+    # A resume keeps the times of the cells done before it and times the cell it trains.
+    seed0 = timing["after_record_seconds"]["segnet_basic_seed0_fold0"]
+    (run / "cells" / "segnet_basic_seed1_fold0.json").unlink()  # trained again
+    assert main([*ARGV, "--out", str(run)]) == 0
+    after = RunDir(run).read_timing()["after_record_seconds"]
+    assert after["segnet_basic_seed0_fold0"] == seed0
+    assert sorted(after) == ["segnet_basic_seed0_fold0", "segnet_basic_seed1_fold0"]
+    assert _suite_cost().suite_cost(run)["resumed"]
+    # A lost timing.json loses no result: the table says which writes were not measured.
+    (run / "timing.json").unlink()
+    cost = _suite_cost().suite_cost(run)
+    assert cost["architectures"][0]["write_unmeasured"] == 2
+    assert "(2 cell(s) not measured)" in "\n".join(_suite_cost().render_cost(cost))
 
 
 # ------------------------------------------------------------------ ownership
