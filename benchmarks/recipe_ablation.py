@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import architectures
 from bench import recipes, runner
 from bench.data import load_dataset
 from bench.environment import cpu_model, git_commit
@@ -81,6 +82,11 @@ def _one(arrays, i):
     )
 
 
+def ladder_name(architecture: str, seed: int) -> str:
+    """The record's key of one ladder of steps: an architecture trained from one seed."""
+    return f"{architecture} (seed {seed})"
+
+
 def _with_seed(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), "seed": args.seed + 1})
 
@@ -94,7 +100,7 @@ def train_variant(
         lr=recipe.lr or 1e-4,
         loss=recipe.loss or "cross_entropy",
         width=args.width,
-        options={"encoder_name": args.encoder} if architecture.startswith("smp_") else {},
+        options=architectures.architecture_options(architecture, args.encoder),
         deterministic=False,
         progress=False,
         num_classes=3,
@@ -129,7 +135,7 @@ def flip_averaged_dice(
             lr=1e-3,
             loss="dice_ce",
             width=args.width,
-            options={"encoder_name": args.encoder} if architecture.startswith("smp_") else {},
+            options=architectures.architecture_options(architecture, args.encoder),
             deterministic=False,
             progress=False,
         ),
@@ -172,20 +178,26 @@ def render(record: dict[str, Any]) -> str:
     lines = [
         "# Which parts of the modern recipe help (validation images only)",
         "",
-        f"Command: `{record['command']}`  ",
-        f"Machine: {record['machine']}; git commit `{record['git_commit']}`; "
-        f"{record['started_utc']} to {record['finished_utc']} (UTC); load average "
-        f"{record['load_average'][0]:.1f} at the start and {record['load_average'][1]:.1f} at "
-        "the end (2 cores: other work ran beside it, so read times as rough).",
+        f"Machine: {record['machine']}. Each ladder was trained by the command, commit and "
+        "at the times below; the machine's 2 cores were shared with other work, so read "
+        "times as rough:",
+        "",
+        *(
+            f"- {name}: `{run['command']}` at commit `{run['git_commit']}`, "
+            f"{run['started_utc']} to {run['finished_utc']} (UTC), load average "
+            f"{run['load_average'][0]:.1f} at the start and {run['load_average'][1]:.1f} at the end"
+            for name, run in record["invocations"].items()
+        ),
         "",
         f"Data: wbc1, clean protocol fold 0; {record['fit_images']} training images fitted, "
         f"{record['validation_images']} held out by source image as validation (the test "
         f"images are never used). Width {record['width']}, batch 20, {record['epochs']} epochs, "
-        f"seed {record['seed']}. Endpoint: per validation image the mean Dice of cytoplasm "
-        "and nucleus. Each step adds one part to the step above it; Δ is the mean paired "
-        "change over the validation images with its 95 % t interval.",
+        "the training seed in each ladder's name. Endpoint: per validation image the mean "
+        "Dice of cytoplasm and nucleus. Each step adds one part to the step above it; Δ is "
+        "the mean paired change over the validation images with its 95 % t interval.",
         "",
     ]
+    lines += summary_across_ladders(record)
     for architecture, steps in record["architectures"].items():
         by_name = {step["step"]: step for step in steps}
         last_trained = by_name[STEPS[-1][0]]["validation_dice"]
@@ -237,6 +249,51 @@ def render(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_across_ladders(record: dict[str, Any]) -> list[str]:
+    """Each step's mean change in every ladder, beside that ladder's seed noise, and whether
+    the step's verdict is the same in all of them."""
+    ladders = record["architectures"]
+    if not ladders:
+        return []
+    names = list(ladders)
+    lines = [
+        "## Summary: each step's mean change of the validation Dice, per ladder",
+        "",
+        "| step | " + " | ".join(names) + " | in every ladder |",
+        "|---|" + "---:|" * len(names) + "---|",
+    ]
+    order = [name for name, _, _ in STEPS[1:]] + [TTA_STEP[0]]
+    for step_name in order:
+        cells, verdicts = [], []
+        for name in names:
+            by_name = {step["step"]: step for step in ladders[name]}
+            index = [step["step"] for step in ladders[name]].index(step_name)
+            before = ladders[name][index - 1]["validation_dice"]
+            d, low, high = paired_interval(by_name[step_name]["validation_dice"], before)
+            noise = None
+            if NOISE_STEP[0] in by_name:
+                noise, *_ = paired_interval(
+                    by_name[NOISE_STEP[0]]["validation_dice"],
+                    by_name[STEPS[-1][0]]["validation_dice"],
+                )
+            verdicts.append(verdict(d, low, high, noise))
+            cells.append(f"{d:+.4f} ({verdicts[-1]})")
+        agreed = verdicts[0] if len(set(verdicts)) == 1 else "differs between ladders"
+        lines.append(f"| {step_name} | " + " | ".join(cells) + f" | {agreed} |")
+    noise_cells = []
+    for name in names:
+        by_name = {step["step"]: step for step in ladders[name]}
+        if NOISE_STEP[0] in by_name:
+            d, *_ = paired_interval(
+                by_name[NOISE_STEP[0]]["validation_dice"], by_name[STEPS[-1][0]]["validation_dice"]
+            )
+            noise_cells.append(f"{d:+.4f}")
+        else:
+            noise_cells.append("")
+    lines += ["| seed noise | " + " | ".join(noise_cells) + " | |", ""]
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True)
@@ -255,18 +312,18 @@ def main() -> int:
     if not args.render_only:
         split = validation_split(args.data_dir)
         record.update(
-            command="python " + " ".join(sys.argv),
             machine=f"{cpu_model()}, {os.cpu_count()} cores, no GPU",
-            git_commit=git_commit(),
-            started_utc=record.get("started_utc")
-            or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            load_average=[os.getloadavg()[0], 0.0],
             fit_images=len(split.train),
             validation_images=len(split.test),
             width=args.width,
             epochs=args.epochs,
-            seed=args.seed,
         )
+        invocation = {
+            "command": "python " + " ".join(sys.argv),
+            "git_commit": git_commit(),
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "load_average": [os.getloadavg()[0], 0.0],
+        }
         record.setdefault("architectures", {})
         for architecture in args.architectures:
             steps, recipe = [], recipes.THESIS
@@ -288,9 +345,12 @@ def main() -> int:
             )
             again, _ = train_variant(architecture, recipe, split, _with_seed(args))
             steps.append({"step": NOISE_STEP[0], "what": NOISE_STEP[1], **again})
-            record["architectures"][architecture] = steps
-            record["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            record["load_average"][1] = os.getloadavg()[0]
+            record["architectures"][ladder_name(architecture, args.seed)] = steps
+            invocation["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            invocation["load_average"][1] = os.getloadavg()[0]
+            record.setdefault("invocations", {})[ladder_name(architecture, args.seed)] = dict(
+                invocation
+            )
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(record, indent=1) + "\n")  # after each architecture
     Path(args.markdown).write_text(render(record))
