@@ -57,7 +57,7 @@ from bench.executors import (
     task_device_name,
 )
 from bench.images import write_mask
-from bench.protocols import Protocol, ProtocolSplit, get_protocol
+from bench.protocols import Protocol, ProtocolSplit, carve_validation, get_protocol
 from bench.run_dir import (
     FORMAT_VERSION,
     CellKey,
@@ -231,13 +231,24 @@ def plan_line(
     60 test images per epoch; 2 done, 4 to train``: the cost of a suite before it starts."""
     cells = len(names) * len(config.seeds) * len(splits)
     folds = "the fixed split" if list(splits) == [None] else plural(len(splits), "fold")
-    trained = [images_trained(len(s.train), settings.batch_size) for s in splits.values()]
+    stopping = settings.recipe.patience is not None
+    # Early stopping trains on what carve_validation leaves of the training images.
+    fitted = [
+        len(carve_validation(s.train, settings.validation_seed)[0]) if stopping else len(s.train)
+        for s in splits.values()
+    ]
+    trained = [images_trained(n, settings.batch_size) for n in fitted]
     tested = [len(s.test) for s in splits.values()]
+    epochs = plural(settings.epochs, "epoch")
     line = (
         f"plan: {plural(cells, 'cell')} ({plural(len(names), 'architecture')} × "
-        f"{plural(len(config.seeds), 'seed')} × {folds}), {plural(settings.epochs, 'epoch')} each, "
-        f"{_span(trained)} training / {_span(tested)} test images per epoch"
+        f"{plural(len(config.seeds), 'seed')} × {folds}), "
+        + (f"up to {epochs} each (early stopping)" if stopping else f"{epochs} each")
+        + f", {_span(trained)} training / {_span(tested)} test images per epoch"
     )
+    if stopping:
+        held_out = [len(s.train) - n for s, n in zip(splits.values(), fitted, strict=True)]
+        line += f" ({_span(held_out)} training images held out for validation)"
     if settings.lr_grid:
         line += (
             f", after a learning-rate search over {len(settings.lr_grid)} rates "

@@ -243,7 +243,9 @@ def test_early_stopping_restores_the_best_epochs_weights(tmp_path) -> None:
 # ---------------------------------------------------------------------------- bench run
 
 
-def test_bench_run_modern_trains_builtins_and_plugins_alike(tmp_path, fresh_registry) -> None:
+def test_bench_run_modern_trains_builtins_and_plugins_alike(
+    tmp_path, fresh_registry, capsys
+) -> None:
     plugin = tmp_path / "tiny_plugin.py"
     plugin.write_text(tiny_plugin_source("tiny_recipe_model"))
     out = tmp_path / "run"
@@ -256,6 +258,11 @@ def test_bench_run_modern_trains_builtins_and_plugins_alike(tmp_path, fresh_regi
         out=str(out),
     )
     assert main(argv) == 0
+    # 8 training images of fold 0 (12 synthetic, 3 folds): 2 held out by source image
+    assert (
+        "up to 3 epochs each (early stopping), 6 training / 4 test images per epoch "
+        "(2 training images held out for validation)" in capsys.readouterr().err
+    )
     meta = json.loads((out / "config.json").read_text())
     assert meta["config"]["recipe"] == "modern"
     assert meta["config"]["recipe_settings"] == recipes.MODERN.to_dict()
