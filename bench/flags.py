@@ -15,10 +15,11 @@ verdict "significant" only between architectures that are not flagged.
   ``k`` = :func:`window` (a fifth of the epochs, at least 3). A run too short to have two
   such windows cannot show convergence and is flagged as such. A run that selected its
   weights on a validation split (early stopping, ``validation`` history rows) is judged by
-  that criterion instead: it is flagged when its best validation Dice came in its last
-  ``k`` epochs (still rising when training ended). Its train loss may still fall by
-  design (a decaying rate, a model starting to overfit); that says nothing of the kept
-  weights.
+  that criterion instead: it is flagged when the best validation Dice of its last ``k``
+  epochs cut the error (1 − Dice) of the best epoch before them by more than
+  :data:`STILL_FALLING` (relative): it was still rising when training ended. Its train
+  loss may still fall by design (a decaying rate, a model starting to overfit); that says
+  nothing of the kept weights.
 """
 
 from __future__ import annotations
@@ -69,13 +70,16 @@ def convergence_problem(history: Sequence[Mapping[str, Any]]) -> str | None:
         if r["split"] == "validation" and r.get("dice") not in (None, "")
     }
     if validation:
-        best = max(validation.values())
-        best_epoch = min(e for e, dice in validation.items() if dice == best)
-        if best_epoch > epochs[-k - 1]:
-            return (
-                f"validation Dice still rising (best {best:.3g} at epoch {best_epoch} of "
-                f"{epochs[-1]}, within the last {k} epochs)"
-            )
+        series = [validation[e] for e in epochs if e in validation]
+        if len(series) >= 2 * k:
+            # The error (1 - Dice) the best epoch of the last k reached against the best
+            # before them: still falling by more than STILL_FALLING, as for the losses.
+            before, last = 1 - max(series[:-k]), 1 - max(series[-k:])
+            if before > 0 and (before - last) / before > STILL_FALLING:
+                return (
+                    f"validation Dice still rising over the last {k} epochs (best "
+                    f"{1 - before:.4g} → {1 - last:.4g})"
+                )
         return None
     falling = []
     for split in ("train", "test"):
