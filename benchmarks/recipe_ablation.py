@@ -127,18 +127,13 @@ def train_variant(
 def flip_averaged_dice(
     architecture: str, result: runner.CellResult, split: ProtocolSplit, args: argparse.Namespace
 ) -> list[float]:
-    model = runner._build_model(
+    # The trained weights in a fresh model of the same build (width, encoder).
+    model = architectures.build(
         architecture,
-        runner.CellSettings(
-            epochs=1,
-            batch_size=20,
-            lr=1e-3,
-            loss="dice_ce",
-            width=args.width,
-            options=architectures.architecture_options(architecture, args.encoder),
-            deterministic=False,
-            progress=False,
-        ),
+        num_classes=3,
+        in_channels=3,
+        width=args.width,
+        **architectures.architecture_options(architecture, args.encoder),
     )
     assert result.model_state is not None
     model.load_state_dict(result.model_state)
