@@ -643,10 +643,11 @@ def _margin_sentence(best: dict[str, Any], candidates: Sequence[dict[str, Any]])
     low, high = _num(runner.get("ci_low")), _num(runner.get("ci_high"))
     ci = f", 95 % CI [{-high:+.4f}, {-low:+.4f}]" if low is not None and high is not None else ""
     p_holm = _p(_num(runner.get("p_holm")))
+    p_holm = p_holm if p_holm.startswith("<") else f"= {p_holm}"  # "p < 0.0001", "p = 0.03"
     verdict = (
-        f"significant after Holm's correction (p = {p_holm})"
+        f"significant after Holm's correction (p {p_holm})"
         if runner.get("significant") in (True, "True")
-        else f"not significant after Holm's correction (p = {p_holm}): on these images "
+        else f"not significant after Holm's correction (p {p_holm}): on these images "
         "the two are not told apart"
     )
     return (

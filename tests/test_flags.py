@@ -66,6 +66,17 @@ def test_early_stopped_runs_are_judged_by_their_validation_dice():
         for row in validation
     ]
     assert flags.convergence_problem(train + creeping) is None
+    # Near a Dice of 1 a tiny gain is a large relative cut of the error (0.0030 → 0.0027,
+    # 10 %) but a rise of 0.0003, below MIN_DICE_GAIN: converged. A rise of 0.002 is not.
+    for step, expected in ((0.0003, None), (0.002, "validation Dice still rising")):
+        near_one = [
+            {**row, "dice": 0.997 + (step if row["epoch"] == 24 else 0.0)} for row in validation
+        ]
+        problem = flags.convergence_problem(train + near_one)
+        if expected is None:
+            assert problem is None
+        else:
+            assert problem.startswith(expected)
 
 
 def test_too_few_epochs_cannot_show_convergence():

@@ -159,6 +159,10 @@ def test_verdict_names_a_clear_and_significant_winner_with_its_cost():
     assert "trains in 300.0 s per run (fastest: `segnet_basic`, 200.0 s)" in text
     assert "has 1,643,283 parameters (smallest: `segnet_basic`, 1,069,379 parameters)" in text
     assert "Flagged" not in text and "failed" not in text
+    # A p below what four decimals show reads "p < 0.0001", not "p = < 0.0001".
+    statistics[1] = compared("segnet_basic", 0.90, "unet_thesis", -0.02, 0.00001, mean_rank=1.9)
+    text = verdict(SUMMARY, statistics)
+    assert "significant after Holm's correction (p < 0.0001)" in text
 
 
 def test_verdict_says_when_the_margin_is_not_significant():
