@@ -332,7 +332,11 @@ def test_headings_name_the_thesis_tables_only_under_thesis_protocols(protocol):
     for number in (1, 2, 3):
         assert (f"(thesis Table {number})" in text) is thesis
     assert ("thesis Figure" in text) is thesis
-    assert ("published" in text) is thesis
+    # Published rows sit in the thesis protocols' tables; a clean run on wbc1 is held
+    # against the published U-Net in a section of its own instead.
+    goal = "## Against the thesis's published numbers"
+    assert (goal in text) is not thesis
+    assert ("published" in text.split(goal)[0]) is thesis
 
 
 def test_a_plugin_model_on_clean_gets_plain_headings():
@@ -462,3 +466,46 @@ def test_the_interrupted_message_names_bench_report_and_the_resume_command(
     err = capsys.readouterr().err
     assert f"`bench report {tmp_path / 'run'}`" in err
     assert "Resume with:\n  bench run segnet_basic --out run" in err
+
+
+# ---------------------------------------------------------------------- the thesis's goal
+
+
+def goal_row(name: str, cytoplasm: float, nucleus: float, sem: float, **values: Any):
+    return summary_row(
+        name,
+        images=300,
+        cytoplasm_dice_mean=cytoplasm,
+        cytoplasm_dice_sem=sem,
+        nucleus_dice_mean=nucleus,
+        nucleus_dice_sem=sem,
+        **values,
+    )
+
+
+def test_a_clean_wbc1_run_is_held_against_the_thesis_published_u_net():
+    summary = [
+        goal_row("short", 0.90, 0.95, 0.004),  # the whole CI below 0.970 / 0.988
+        goal_row("level", 0.972, 0.987, 0.003),  # CIs contain 0 on both classes
+        goal_row("above", 0.99, 0.995, 0.001),  # beats both, but flagged: not the headline
+    ]
+    summary[2]["flags"] = NOT_CONVERGED
+    lines = report.thesis_goal_section(make_meta(), summary, report.load_thesis_reference())
+    text = "\n".join(lines)
+    assert lines[0] == "## Against the thesis's published numbers"
+    assert "U-Net (Dice cytoplasm 0.9700 ± 0.0030, nucleus 0.9882 ± 0.0013" in text
+    rows = {line.split(" |")[0].lstrip("| "): line for line in text.splitlines() if "|" in line}
+    assert rows["short"].endswith("| falls short on cytoplasm and nucleus |")
+    assert rows["level"].endswith("| reaches it (not told apart) |")
+    assert rows["above ⚠"].endswith("| beats it on both classes |")
+    # short − thesis on cytoplasm: −0.07 ± t(0.975, 171 df) × √(0.004² + 0.003²) (Welch).
+    assert "-0.0700 [-0.0799, -0.0601]" in rows["short"]
+    # The headline is the best unflagged architecture, not the flagged one above it.
+    assert "The best unflagged architecture here, `level`" in text
+    assert "reaches it (not told apart): cytoplasm +0.0020" in text
+    # Not on the thesis protocols (their tables carry the published rows), nor other data.
+    reference = report.load_thesis_reference()
+    assert report.thesis_goal_section(make_meta("thesis"), summary, reference) == []
+    synthetic = make_meta()
+    synthetic["dataset"]["name"] = "synthetic"
+    assert report.thesis_goal_section(synthetic, summary, reference) == []

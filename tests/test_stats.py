@@ -119,3 +119,15 @@ def test_primary_classes_are_every_class_but_background():
     assert stats.primary_classes(("background", "nucleus")) == ("nucleus",)
     rows = rows_for("a", [0.5, 0.7], classes=("nucleus",))
     assert stats.image_scores(rows, classes=("nucleus",))["a"][("0", "001")] == 0.7
+
+
+def test_welch_difference_matches_scipys_welch_test():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.92, 0.05, 300), rng.normal(0.97, 0.02, 30)
+    sem = [x.std(ddof=1) / np.sqrt(x.size) for x in (a, b)]
+    difference, low, high = stats.welch_difference(
+        a.mean(), sem[0], a.size, b.mean(), sem[1], b.size
+    )
+    assert difference == pytest.approx(a.mean() - b.mean())
+    ci = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (low, high) == pytest.approx((ci.low, ci.high), rel=1e-9)
