@@ -513,33 +513,46 @@ def lever_lines(lever: dict[str, Any]) -> list[str]:
     ]
 
 
-def suite_cost_section(record: dict[str, Any] | None) -> list[str]:
-    """The per-phase cost of a small demonstration suite, from its suite_cost record."""
+def suite_cost_section(suites: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The per-phase cost of each recorded suite (``suite_cost_*.json``), reference suites
+    first, then the small demonstration."""
     lines = [
         "## Cost of a suite, per architecture and phase",
         "",
-        "A small demonstration suite, not the reference suite (the full reference suite's "
-        "cost: not measured yet). Seconds summed over each architecture's cells: train "
-        "(timed training epochs), evaluate (the test pass after every epoch), other in the "
-        "cell (building the model, counting its FLOPs, epoch checkpoints, final per-image "
-        "scoring), write (predictions, checkpoint, record, derived CSVs). Made by "
-        "`python benchmarks/suite_cost.py RUN_DIR --json reports/performance/"
-        "suite_cost_demo.json`.",
+        "Seconds summed over each architecture's cells: train (timed training epochs), "
+        "evaluate (the test pass after every epoch), validate (early stopping's pass over the "
+        "validation split after every epoch), other in the cell (building the model, counting "
+        "its FLOPs, epoch checkpoints, final per-image scoring), write (predictions, "
+        "checkpoint, record, derived CSVs). Each record was made by `python "
+        "benchmarks/suite_cost.py RUN_DIR --json reports/performance/suite_cost_NAME.json`, "
+        "which reads the finished run directory and trains nothing.",
         "",
     ]
-    if not record:
+    if not suites:
         return [*lines, "Not measured.", ""]
-    env = record["environment"]
-    lines += [
-        f"Suite: `{record['command']}` ({env.get('cpu_model', '?')}, "
-        f"{env.get('torch_threads', '?')} torch threads, commit "
-        f"`{str(env.get('git_commit'))[:12]}`)."
-        + (f" Note recorded with it: {record['note']}." if record.get("note") else ""),
-        "",
-        *_sibling("suite_cost").render_cost(record),
-        "",
-    ]
+    for name, record in suites:
+        env = record["environment"]
+        lines += [
+            f"### `{name}`: `{record['run_dir']}`",
+            "",
+            f"Suite: `{record['command']}` ({env.get('cpu_model', '?')}, "
+            f"{env.get('torch_threads', '?')} torch threads, commit "
+            f"`{str(env.get('git_commit'))[:12]}`)."
+            + (f" Note recorded with it: {record['note']}." if record.get("note") else ""),
+            "",
+            *_sibling("suite_cost").render_cost(record),
+            "",
+        ]
     return lines
+
+
+def suite_cost_records(records: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``suite_cost_*.json`` by name; the demonstration (``demo``) last."""
+    found = []
+    for path in sorted(records.glob("suite_cost_*.json")):
+        name = path.stem.removeprefix("suite_cost_")
+        found.append((name, json.loads(path.read_text())))
+    return sorted(found, key=lambda item: (item[0] == "demo", item[0]))
 
 
 def render(records: Path = RECORDS) -> str:
@@ -629,7 +642,7 @@ def render(records: Path = RECORDS) -> str:
     lines += reading(perf, keras, accuracy, spread)
     lines += fraction_of_peak_section(fraction_records(records))
     lines += profile_section(records)
-    lines += suite_cost_section(load("suite_cost_demo.json", records))
+    lines += suite_cost_section(suite_cost_records(records))
     if perf or perf_bf16:
         lines += [
             "## `bench perf`: harness, bare loop, DataLoader",

@@ -6,8 +6,10 @@ Reads a finished run directory, never trains. Per architecture, summed over its 
 
 * **train**: the history's train rows' ``seconds`` (the timed training epochs);
 * **evaluate**: the history's test rows' ``seconds`` (the test pass after every epoch);
-* **other in the cell**: the cell's ``total_seconds`` minus both (building the model,
-  counting its FLOPs, the epoch checkpoints, the final per-image scoring);
+* **validate**: the history's validation rows' ``seconds`` (early stopping's pass over the
+  validation split after every epoch; 0 without a validation split);
+* **other in the cell**: the cell's ``total_seconds`` minus those three (building the
+  model, counting its FLOPs, the epoch checkpoints, the final per-image scoring);
 * **write**: the cell's predictions and checkpoint (``write_seconds`` in its record), plus
   the writes after its record (the record, the derived CSVs, ``--track``'s file; in
   ``timing.json``). A cell written before these were timed counts as "not measured".
@@ -31,10 +33,11 @@ from typing import Any
 from bench import environment
 from bench.run_dir import RunDir, cell_stem
 
-PHASES = ("train", "evaluate", "other", "write")
+PHASES = ("train", "evaluate", "validate", "other", "write")
 PHASE_LABELS = {
     "train": "train",
     "evaluate": "evaluate",
+    "validate": "validate",
     "other": "other in the cell",
     "write": "write",
 }
@@ -60,10 +63,13 @@ def suite_cost(run_dir: Path) -> dict[str, Any]:
         row = rows.setdefault(key[0], _empty_row(key[0]))
         train = sum(h["seconds"] or 0.0 for h in record.history if h["split"] == "train")
         evaluate = sum(h["seconds"] or 0.0 for h in record.history if h["split"] == "test")
+        validate = sum(h["seconds"] or 0.0 for h in record.history if h["split"] == "validation")
         row["cells"] += 1
         row["train"] += train
         row["evaluate"] += evaluate
-        row["other"] += max(0.0, (record.row["total_seconds"] or 0.0) - train - evaluate)
+        row["validate"] += validate
+        in_cell = (record.row["total_seconds"] or 0.0) - train - evaluate - validate
+        row["other"] += max(0.0, in_cell)
         outputs = record.row.get("write_seconds")
         after = after_record.get(cell_stem(*key))
         if outputs is None or after is None:
@@ -114,10 +120,12 @@ def render_cost(cost: dict[str, Any]) -> list[str]:
         write = f"{row['write']:.1f}"
         if row["write_unmeasured"]:
             write += f" ({row['write_unmeasured']} cell(s) not measured)"
-        seconds = [f"{row[p]:.1f}" for p in PHASES[:-1]] + [write]
+        # Records made before a phase was timed apart lack it (0: counted in "other").
+        seconds = [f"{row.get(p, 0.0):.1f}" for p in PHASES[:-1]] + [write]
+        shares = " | ".join(_share(row["shares"].get(p, 0.0)) for p in PHASES)
         lines.append(
             f"| `{row['architecture']}` | {row['cells']} | {' | '.join(seconds)} | "
-            f"{row['total']:.1f} | {' | '.join(_share(row['shares'][p]) for p in PHASES)} |"
+            f"{row['total']:.1f} | {shares} |"
         )
     wall = cost["wall_seconds"]
     lines += [

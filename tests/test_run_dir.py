@@ -196,6 +196,7 @@ def test_the_write_phase_is_timed_and_the_cost_table_adds_up(copy_of, monkeypatc
     assert row["train"] == pytest.approx(
         sum(h["seconds"] for r in records.values() for h in r.history if h["split"] == "train")
     )
+    assert row["validate"] == 0.0  # no validation split under the thesis recipe
     assert sum(row["shares"].values()) == pytest.approx(1.0)
     assert cost["wall_seconds"] >= 0 and not cost["resumed"]
     table = "\n".join(_suite_cost().render_cost(cost))
