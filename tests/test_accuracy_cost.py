@@ -190,7 +190,7 @@ def test_a_lone_label_sits_right_beside_its_point_and_turns_at_the_edge():
     assert box[2] < 395 and box[0] >= 0
 
 
-@pytest.mark.parametrize("name", ["clean_wbc1_cpu", "thesis_wbc1_cpu"])
+@pytest.mark.parametrize("name", ["reports/clean_wbc1_cpu", "tests/data/format1_thesis_wbc1"])
 def test_accuracy_cost_labels_of_the_committed_runs_do_not_overlap(name, repo_root):
     """The committed runs' points crowd (six architectures, four of them within 0.05 Dice
     and 150 s): every label is drawn apart from the others, inside its panel, off every
@@ -201,7 +201,7 @@ def test_accuracy_cost_labels_of_the_committed_runs_do_not_overlap(name, repo_ro
     import matplotlib.pyplot as plt
     from matplotlib.text import Text
 
-    points = report.accuracy_cost_points(RunDir(repo_root / "reports" / name))
+    points = report.accuracy_cost_points(RunDir(repo_root / name))
     assert len(points) == 6
     figure = report.accuracy_cost_figure(plt, points)
     try:

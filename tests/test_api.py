@@ -152,7 +152,7 @@ def test_command_line_of_the_defaults_is_bare() -> None:
 
 
 def test_load_run_of_the_committed_format_1_directory(repo_root: Path) -> None:
-    path = repo_root / "reports" / "thesis_wbc1_cpu"
+    path = repo_root / "tests" / "data" / "format1_thesis_wbc1"
     run = api.load_run(path)
     names = ["unet_thesis", "segnet_basic", "deconvnet", "smp_unet", "smp_fpn", "smp_deeplabv3plus"]
     assert run.config["format_version"] == 1
@@ -170,7 +170,7 @@ def test_load_run_of_the_committed_format_1_directory(repo_root: Path) -> None:
 
 
 def test_load_run_writes_nothing(repo_root: Path) -> None:
-    path = repo_root / "reports" / "thesis_wbc1_cpu"
+    path = repo_root / "tests" / "data" / "format1_thesis_wbc1"
     before = {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
     api.load_run(path)
     assert {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()} == before

@@ -327,7 +327,7 @@ def test_read_csv_takes_long_fields_and_names_bad_lines(tmp_path):
 @pytest.fixture
 def format_one(tmp_path, repo_root) -> Path:
     target = tmp_path / "format1"
-    shutil.copytree(repo_root / "reports" / "thesis_wbc1_cpu", target)
+    shutil.copytree(repo_root / "tests" / "data" / "format1_thesis_wbc1", target)
     return target
 
 
