@@ -159,6 +159,13 @@ def _fmt(value: float | None, signed: bool = False) -> str:
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
+def _p_text(value: float | None) -> str:
+    """A p-value as the report prints it: below four decimals, "< 0.0001", not "0.0000"."""
+    if value is None:
+        return "—"
+    return "< 0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
 def compare_runs(first_dir: str, second_dir: str) -> tuple[str, list[dict[str, Any]]]:
     """The Markdown comparison of two run directories and its rows."""
     first_run, second_run = RunDir(first_dir), RunDir(second_dir)
@@ -225,7 +232,7 @@ def compare_runs(first_dir: str, second_dir: str) -> tuple[str, list[dict[str, A
             f"{_fmt(row['first_mean'])} | {_fmt(row['second_mean'])} | "
             f"{_fmt(row['seed_mean_difference'], True)}{seed_ci} | "
             f"{_fmt(row['image_median_difference'], True)} [{_fmt(row['image_ci_low'], True)}, "
-            f"{_fmt(row['image_ci_high'], True)}] | {row['image_p_value']:.4f} |"
+            f"{_fmt(row['image_ci_high'], True)}] | {_p_text(row['image_p_value'])} |"
         )
     out.append("")
     for row in rows:

@@ -425,15 +425,63 @@ def fraction_of_peak_section(sweeps: dict[str, list[dict[str, Any]]]) -> list[st
         lowest = min(records, key=lambda r: r["fraction_of_peak"])
         highest = max(records, key=lambda r: r["fraction_of_peak"])
         loads = [r["load_average"]["start"][0] for r in records]
+        cpus = sorted({str(r["environment"].get("cpu_model", "?")) for r in records})
+        notes = sorted({r["note"] for r in records if r.get("note")})
         lines.append(
-            f"- {sweep}: lowest fraction `{lowest['architecture']}` "
+            f"- {sweep} ({', '.join(cpus)}): lowest fraction `{lowest['architecture']}` "
             f"({lowest['fraction_of_peak']:.2f}), highest `{highest['architecture']}` "
             f"({highest['fraction_of_peak']:.2f}); load average at the starts "
             f"{min(loads):.1f}-{max(loads):.1f}."
+            + "".join(f" Note recorded with the runs: {note}." for note in notes)
         )
-    notes = sorted({r["note"] for _, r in found if r.get("note")})
-    lines += [f"- Note recorded with the runs: {note}." for note in notes]
+    lines += dtype_speedups(sweeps)
     return [*lines, ""]
+
+
+def dtype_speedups(sweeps: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Per architecture, bf16 against fp32 images/s, between sweeps of one CPU model."""
+
+    def key(record: dict[str, Any]) -> tuple[str, str, float, str]:
+        encoder = (
+            record["config"].get("encoder", "") if record["architecture"].startswith("smp_") else ""
+        )
+        return (
+            record["architecture"],
+            encoder,
+            record["width"],
+            str(record["environment"].get("cpu_model")),
+        )
+
+    by_dtype: dict[str, dict[tuple[str, str, float, str], dict[str, Any]]] = {}
+    for records in sweeps.values():
+        for record in records:
+            dtype = record["peak"]["measurements"][0]["dtype"]
+            by_dtype.setdefault(dtype, {})[key(record)] = record
+    pairs = [
+        (k, fp32, by_dtype["bfloat16"][k])
+        for k, fp32 in by_dtype.get("float32", {}).items()
+        if k in by_dtype.get("bfloat16", {})
+    ]
+    if not pairs:
+        return []
+    lines = ["", "bf16 against fp32, training images/s of the harness on the same CPU model:", ""]
+    for (name, encoder, width, cpu), fp32, bf16 in pairs:
+        ratio = bf16["harness_images_per_second"] / fp32["harness_images_per_second"]
+        peak = bf16["peak_tflops"] / fp32["peak_tflops"]
+        label = f"{name} ({encoder})" if encoder else name
+        lines.append(
+            f"- `{label}` w{width:g} on {cpu}: {ratio:.2f}× "
+            f"({fp32['harness_images_per_second']:.1f} → {bf16['harness_images_per_second']:.1f} "
+            f"img/s), where the matmul peak rose {peak:.1f}×: "
+            + (
+                "bf16 is faster."
+                if ratio > 1.05
+                else "bf16 gains nothing here."
+                if ratio >= 0.95
+                else "bf16 is slower."
+            )
+        )
+    return lines
 
 
 def profile_section(records: Path = RECORDS) -> list[str]:

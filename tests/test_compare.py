@@ -137,3 +137,11 @@ def test_compare_needs_shared_test_images(leak_runs, tmp_path, capsys):
     assert main(run_argv("tiny_fcn", plugin=plugin, epochs=1, out=other)) == 0
     assert main(["compare", str(leak_runs["thesis"]), str(other)]) == 2
     assert "no architecture scored on the same test images" in capsys.readouterr().err
+
+
+def test_tiny_p_values_read_as_below_the_printed_precision():
+    from bench.compare import _p_text
+
+    assert _p_text(0.00003) == "< 0.0001"
+    assert _p_text(0.0312) == "0.0312"
+    assert _p_text(None) == "—"
