@@ -22,8 +22,9 @@ architecture:
 - up to 60 epochs with early stopping: 20 % of the training images (by source image, the
   split seed's draw, :func:`bench.protocols.carve_validation`) are held out, the foreground
   Dice on them is measured after every epoch, training stops after ``patience`` epochs
-  without improvement, and the weights of the best epoch are kept. The test images are
-  never used for any choice;
+  without improvement (but not before half of the epochs: while the rate is high the
+  validation Dice is too noisy to stop on), and the weights of the best epoch are kept.
+  The test images are never used for any choice;
 - test-time augmentation: the class probabilities averaged over the image and its
   horizontal, vertical and both flips.
 
@@ -66,6 +67,11 @@ class Recipe:
     augmentation: str = "protocol"  # protocol: the protocol's own; strong: StrongAugmenter
     tta: bool = False  # predictions averaged over flips
     patience: int | None = None  # early stopping on a validation split; None: no stopping
+    # Early stopping may end training only once this share of the epochs has been trained:
+    # while the rate is still high (warm-up, the cosine's first half) the validation Dice
+    # jumps about, and one lucky early epoch followed by ``patience`` noisy ones would
+    # otherwise end a cell long before it has learned (reports/recipe/budget.md).
+    min_epochs_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
@@ -78,6 +84,14 @@ class Recipe:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be at least 1, got {self.patience}")
+        if not 0 <= self.min_epochs_fraction <= 1:
+            raise ValueError(
+                f"min_epochs_fraction must be in [0, 1], got {self.min_epochs_fraction}"
+            )
+
+    def min_epochs(self, epochs: int) -> int:
+        """The fewest epochs a cell of ``epochs`` trains before early stopping may end it."""
+        return math.ceil(self.min_epochs_fraction * epochs)
 
     def describe(self) -> str:
         """One sentence for the report's methods, made from the fields."""
@@ -103,10 +117,15 @@ class Recipe:
                 "jitter)"
             )
         if self.patience is not None:
+            not_before = (
+                f", not before {self.min_epochs_fraction:.0%} of the epochs"
+                if self.min_epochs_fraction
+                else ""
+            )
             parts.append(
-                f"early stopping (patience {self.patience}) on the foreground Dice of a "
-                "validation split of 20 % of the training images, keeping the best epoch's "
-                "weights"
+                f"early stopping (patience {self.patience}{not_before}) on the foreground "
+                "Dice of a validation split of 20 % of the training images, keeping the best "
+                "epoch's weights"
             )
         if self.tta:
             parts.append("test-time flips")
@@ -131,6 +150,7 @@ MODERN = Recipe(
     augmentation="strong",
     tta=True,
     patience=15,
+    min_epochs_fraction=0.5,
 )
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (THESIS, MODERN)}

@@ -95,6 +95,14 @@ def device_name(env: dict[str, Any]) -> str:
     return re.sub(r"\(1 threads\)", "(1 thread)", str(env["device_name"]))
 
 
+def machines_line(meta: dict[str, Any]) -> str:
+    """The device of the run, and of its earlier invocations where they differ."""
+    current = device_name(meta["environment"])
+    earlier = [device_name(env) for env in meta.get("earlier_environments") or []]
+    others = sorted({name for name in earlier if name != current})
+    return current + (f" (earlier invocations of this run: {'; '.join(others)})" if others else "")
+
+
 def is_thesis_reference(meta: dict[str, Any]) -> bool:
     """Whether the run's protocol is built to compare with the thesis's published rows
     (``thesis``, ``thesis-noleak``; recorded in config.json from format 2 on)."""
@@ -269,9 +277,34 @@ def methods_paragraph(meta: dict[str, Any]) -> str:
         f"{speed_options(config)}"
         f"Device: {device_name(env)}. Software: {versions}; bench {env['bench']}, git "
         f"commit `{env.get('git_commit')}`. Run from {meta['started_utc']} to "
-        f"{meta.get('finished_utc') or '(unfinished)'} (UTC). Jaccard (IoU) and Dice are "
+        f"{meta.get('finished_utc') or '(unfinished)'} (UTC).{invocations_sentence(meta)} "
+        f"Jaccard (IoU) and Dice are "
         f"computed per test image and class over the image's original pixels (padding "
         f"excluded) and given as mean ± SEM (ddof=1) over images."
+    )
+
+
+def invocations_sentence(meta: dict[str, Any]) -> str:
+    """For a resumed run, which machine and commit each invocation ran on: its cells'
+    times come from different machines, so they compare only within one invocation."""
+    earlier = meta.get("earlier_environments") or []
+    if not earlier:
+        return ""
+    starts = [meta["started_utc"], *meta.get("resumed_utc", [])]
+    environments = [*earlier, meta["environment"]]
+    parts = [
+        f"{start} on {device_name(env)} (commit `{str(env.get('git_commit'))[:12]}`)"
+        for start, env in zip(starts, environments, strict=False)
+    ]
+    machines = {device_name(env) for env in environments}
+    return (
+        f" It was resumed: invocations started {'; '.join(parts)}. Each cell's times are "
+        "those of the invocation that trained it"
+        + (
+            ", so times compare only between cells trained on the same machine."
+            if len(machines) > 1
+            else "."
+        )
     )
 
 
@@ -698,7 +731,7 @@ def header_section(
         meta["command"],
         "```",
         "",
-        f"Machine: {device_name(meta['environment'])}.",
+        f"Machine: {machines_line(meta)}.",
         "",
         "## Methods",
         "",
@@ -965,7 +998,7 @@ def thesis_goal_section(
         "Each difference is this run's mean minus the published one, with a Welch 95 % CI "
         "from the two means' SEMs (ours over this run's test images, seed-averaged; the "
         "thesis's over its 30): the two sets of images are different, so nothing is paired. "
-        "\"Falls short\" means the whole CI is below 0; \"not told apart\", that it contains "
+        '"Falls short" means the whole CI is below 0; "not told apart", that it contains '
         "0. The published model was the full-width Keras U-Net trained on the leaky split; "
         "this run's settings are in Methods.",
         "",

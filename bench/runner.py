@@ -745,12 +745,13 @@ class _Cell:
     best_state: dict[str, torch.Tensor] | None = None
     last_epoch: int = 0  # the last epoch trained
 
-    def patience_ran_out(self, patience: int | None) -> bool:
+    def patience_ran_out(self, patience: int | None, min_epochs: int = 0) -> bool:
         """Whether early stopping ends the cell: ``patience`` epochs without a better
-        validation Dice than the best epoch's."""
+        validation Dice than the best epoch's, once at least ``min_epochs`` have trained."""
         return (
             patience is not None
             and self.best_epoch is not None
+            and self.last_epoch >= min_epochs
             and self.last_epoch - self.best_epoch >= patience
         )
 
@@ -846,9 +847,10 @@ def _train(
         leave=False,
     )
     predictions = None
+    min_epochs = settings.recipe.min_epochs(settings.epochs)
     for epoch in epochs:
         # Checked first, so a cell resumed after early stopping ended it trains no more.
-        if cell.patience_ran_out(settings.recipe.patience):
+        if cell.patience_ran_out(settings.recipe.patience, min_epochs):
             break
         trained = _train_epoch(
             cell.trainer, cell.train, cell.n_train, epoch, stop, progress=settings.progress

@@ -207,12 +207,35 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(
     plugin = tmp_path / "tiny_plugin.py"
     plugin.write_text(tiny_plugin_source("tiny_still_model"))
     architectures.load_plugin_file(plugin)
-    recipe = dataclasses.replace(recipes.MODERN, patience=2)
+    recipe = dataclasses.replace(recipes.MODERN, patience=2, min_epochs_fraction=0.0)
     result, _, _ = _train(recipe, tmp_path, "tiny_still_model", epochs=10, lr=0.0)
     assert result.best_epoch == 1
     assert result.epochs == 3  # epochs 2 and 3 did not improve on epoch 1
     validation = [r for r in result.history if r["split"] == "validation"]
     assert [r["epoch"] for r in validation] == [1, 2, 3]
+
+
+def test_early_stopping_waits_for_its_share_of_the_epochs(tmp_path, fresh_registry) -> None:
+    # The same still model: patience runs out after epoch 3, but the recipe trains at least
+    # 60 % of 10 epochs before it may stop, so epoch 6 is the last.
+    plugin = tmp_path / "tiny_plugin.py"
+    plugin.write_text(tiny_plugin_source("tiny_still_model"))
+    architectures.load_plugin_file(plugin)
+    recipe = dataclasses.replace(recipes.MODERN, patience=2, min_epochs_fraction=0.6)
+    assert recipe.min_epochs(10) == 6
+    result, _, _ = _train(recipe, tmp_path, "tiny_still_model", epochs=10, lr=0.0)
+    assert result.best_epoch == 1
+    assert result.epochs == 6
+    validation = [r for r in result.history if r["split"] == "validation"]
+    assert [r["epoch"] for r in validation] == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_modern_recipe_never_stops_in_the_first_half() -> None:
+    assert recipes.MODERN.min_epochs(150) == 75
+    assert recipes.MODERN.min_epochs(61) == 31  # rounded up: at least half
+    assert "not before 50% of the epochs" in recipes.MODERN.describe()
+    with pytest.raises(ValueError, match="min_epochs_fraction"):
+        dataclasses.replace(recipes.MODERN, min_epochs_fraction=1.5)
 
 
 def test_early_stopping_restores_the_best_epochs_weights(tmp_path) -> None:

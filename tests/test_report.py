@@ -452,7 +452,11 @@ def test_committed_reports_are_rendered_by_this_code(name, repo_root, tmp_path, 
     assert main(["report", str(target)]) == 0
     assert (target / "report.md").read_text() == before
     assert (target / "report.html").read_bytes() == html_before
-    assert before.splitlines()[2].startswith("**Verdict.** ")
+    lines = before.splitlines()
+    if lines[2].startswith("> **Partial run"):  # a reference run still being trained
+        assert "resume with `" in lines[2]
+        lines = lines[2:]
+    assert lines[2].startswith("**Verdict.** ")
 
 
 def test_the_interrupted_message_names_bench_report_and_the_resume_command(
@@ -509,3 +513,26 @@ def test_a_clean_wbc1_run_is_held_against_the_thesis_published_u_net():
     synthetic = make_meta()
     synthetic["dataset"]["name"] = "synthetic"
     assert report.thesis_goal_section(synthetic, summary, reference) == []
+
+
+def test_a_run_resumed_on_another_machine_names_each_invocations_machine():
+    intel = {"device_name": "CPU: Intel Xeon (2 threads)", "git_commit": "a" * 40}
+    amd = {"device_name": "CPU: AMD EPYC (2 threads)", "git_commit": "b" * 40}
+    meta = {
+        "started_utc": "2026-01-01T09:00:00Z",
+        "resumed_utc": ["2026-01-01T13:00:00Z"],
+        "earlier_environments": [intel],
+        "environment": amd,
+    }
+    sentence = report.invocations_sentence(meta)
+    assert "2026-01-01T09:00:00Z on CPU: Intel Xeon (2 threads) (commit `aaaaaaaaaaaa`)" in sentence
+    assert "2026-01-01T13:00:00Z on CPU: AMD EPYC (2 threads) (commit `bbbbbbbbbbbb`)" in sentence
+    assert "compare only between cells trained on the same machine" in sentence
+    assert report.machines_line(meta) == (
+        "CPU: AMD EPYC (2 threads) (earlier invocations of this run: CPU: Intel Xeon (2 threads))"
+    )
+    # Resumed on the same machine: no caution about times; never resumed: nothing at all.
+    same = {**meta, "earlier_environments": [amd]}
+    assert "compare only" not in report.invocations_sentence(same)
+    assert report.machines_line(same) == "CPU: AMD EPYC (2 threads)"
+    assert report.invocations_sentence({"started_utc": "x", "environment": amd}) == ""

@@ -106,9 +106,7 @@ def test_a_run_made_before_recipes_resumes_as_the_thesis_recipe(copy_of, monkeyp
     assert "Recipe `thesis`" in (run / "report.md").read_text()
 
 
-def test_a_run_committed_without_checkpoints_resumes_without_training(
-    copy_of, monkeypatch, capsys
-):
+def test_a_run_committed_without_checkpoints_resumes_without_training(copy_of, monkeypatch, capsys):
     # Reference runs are committed without their final checkpoints (size) and finished in a
     # later invocation: the finished cells stand, nothing is trained or changed again.
     run = copy_of()
