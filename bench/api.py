@@ -108,7 +108,9 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     classes = metric_classes_of(meta)
     summary = summarize(tables.cells, tables.per_image, classes)
     primary = primary_classes(meta["dataset"]["class_names"])  # what the flags judge
-    flagged = architecture_flags(tables.cells, tables.history, tables.per_image, primary)
+    flagged = architecture_flags(
+        tables.cells, tables.history, tables.per_image, primary, meta["config"].get("epochs")
+    )
     for row in summary:
         row["flags"] = "; ".join(flagged.get(row["architecture"], []))
     return Run(

@@ -255,7 +255,7 @@ def compare_runs(first_dir: str, second_dir: str) -> tuple[str, list[dict[str, A
     ):
         tables = run.tables(meta)
         for name, reasons in architecture_flags(
-            tables.cells, tables.history, tables.per_image, classes
+            tables.cells, tables.history, tables.per_image, classes, meta["config"].get("epochs")
         ).items():
             flag_lines.append(f"- ⚠ `{name}` in {label}: {'; '.join(reasons)}.")
     if flag_lines:

@@ -22,7 +22,9 @@ verdict "significant" only between architectures that are not flagged.
   Dice of 1, where a relative cut of the error is a gain far below any difference a
   comparison can resolve (0.9970 → 0.9973 cuts the error by 10 %). Its train
   loss may still fall by design (a decaying rate, a model starting to overfit); that says
-  nothing of the kept weights.
+  nothing of the kept weights. A cell that early stopping ended before the run's epoch
+  budget is not judged at all: it went ``patience`` epochs without a better validation
+  Dice, and the window above (a fifth of its epochs) may be longer than the patience.
 """
 
 from __future__ import annotations
@@ -103,15 +105,28 @@ def convergence_problem(history: Sequence[Mapping[str, Any]]) -> str | None:
     return f"loss still falling over the last {k} epochs ({', '.join(falling)})"
 
 
+def ended_by_early_stopping(cell: Mapping[str, Any], max_epochs: int | None) -> bool:
+    """Whether early stopping, not the epoch budget, ended a cell: it selected its weights
+    on a validation split (``best_epoch``) and trained fewer than ``max_epochs`` epochs."""
+    if max_epochs is None or cell.get("best_epoch") in (None, ""):
+        return False
+    return int(cell["epochs"]) < max_epochs
+
+
 def architecture_flags(
     cells: Sequence[Mapping[str, Any]],
     history: Sequence[Mapping[str, Any]],
     per_image: Sequence[Mapping[str, Any]],
     classes: Sequence[str],
+    max_epochs: int | None = None,
 ) -> dict[str, list[str]]:
     """``{architecture: [reason, ...]}`` over its successful runs; unflagged ones absent.
 
     A reason says in how many of the architecture's runs it holds ("in 2 of 3 runs").
+    ``max_epochs`` is the run's epoch budget: a cell that early stopping ended before it
+    had gone ``patience`` epochs without a better validation Dice, which is its own
+    criterion of convergence, so its curve is not judged again (the window of the check,
+    a fifth of the epochs, can exceed the patience and would hold the best epoch).
     """
     found: dict[str, dict[str, list[str]]] = {}  # architecture -> kind -> details
     runs: dict[str, int] = {}
@@ -127,7 +142,7 @@ def architecture_flags(
             text = f"does not learn {cls} (predicts < {MIN_PREDICTED_SHARE:.0%} of its pixels)"
             mine.setdefault(text, []).append(text)
         curve = [r for r in history if (r["architecture"], r["seed"], r["fold"]) == key]
-        problem = convergence_problem(curve)
+        problem = None if ended_by_early_stopping(cell, max_epochs) else convergence_problem(curve)
         if problem:
             # Runs differ in their numbers: group them by the kind of problem.
             mine.setdefault(problem.split(" (")[0], []).append(problem)

@@ -2134,7 +2134,9 @@ def render_locked(run: RunDir, meta: dict[str, Any] | None = None) -> Path:
         tables = RunTables.of(records)
     classes = metric_classes_of(meta)
     primary = stats.primary_classes(meta["dataset"]["class_names"])
-    flagged = architecture_flags(tables.cells, tables.history, tables.per_image, primary)
+    flagged = architecture_flags(
+        tables.cells, tables.history, tables.per_image, primary, meta["config"].get("epochs")
+    )
     summary = summarize(tables.cells, tables.per_image, classes)
     for row in summary:
         row["flags"] = "; ".join(flagged.get(row["architecture"], []))

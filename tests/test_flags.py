@@ -132,3 +132,34 @@ def test_significance_is_only_given_between_unflagged_architectures():
         rows_for("x", good) + rows_for("y", good - 0.1), flagged={"x", "y"}
     )
     assert not any(r.get("significant") for r in both)
+
+
+def test_a_cell_that_early_stopping_ended_is_not_judged_still_rising():
+    # The shape of a real cell (wbc1, unet_thesis, fold 4 at --epochs 150): the validation
+    # Dice rose to its best at epoch 72 and then went 15 epochs (the patience) without a
+    # better one, so early stopping ended it at 87. The check's window, a fifth of 87 = 17
+    # epochs, still holds epoch 72, so on its curve alone the cell reads "still rising".
+    dice = [0.80 + 0.002 * e for e in range(1, 73)] + [0.93] * 15
+    train = history(list(np.linspace(0.9, 0.5, 87)), split="train")
+    validation = [
+        {**r, "dice": d} for r, d in zip(history([0.3] * 87, split="validation"), dice, strict=True)
+    ]
+    assert flags.convergence_problem(train + validation) is not None
+    cell = {"architecture": "a", "seed": 0, "fold": 0, "status": "ok", "epochs": 87}
+    per_image = image_rows("a", "nucleus", 40, 5, 10)
+    stopped = {**cell, "best_epoch": 72}
+    assert flags.ended_by_early_stopping(stopped, 150)
+    assert (
+        flags.architecture_flags([stopped], train + validation, per_image, ["nucleus"], 150) == {}
+    )
+    # The same curve from a cell whose budget was 87 epochs: the budget ended it, and it is
+    # flagged; so is a run whose budget is not given (older callers).
+    for budget in (87, None):
+        found = flags.architecture_flags(
+            [stopped], train + validation, per_image, ["nucleus"], budget
+        )
+        assert found["a"][0].startswith("validation Dice still rising over the last 17 epochs")
+    # A run without a validation split (no best_epoch) is judged by its curves whatever
+    # its budget.
+    assert not flags.ended_by_early_stopping({**cell, "best_epoch": None}, 150)
+    assert not flags.ended_by_early_stopping({**cell, "best_epoch": ""}, 150)
