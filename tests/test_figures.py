@@ -312,6 +312,7 @@ def _fraction_record(architecture: str, fraction: float) -> dict:
         "load_average": {"start": [7.5, 7, 7], "end": [6.5, 7, 7]},
         "note": "shared machine",
         "config": {"architecture": architecture, "width": 0.25, "note": "shared machine"},
+        "environment": {"cpu_model": "Test CPU", "device_name": "CPU: Test CPU (2 threads)"},
     }
 
 
@@ -323,6 +324,7 @@ def test_fraction_of_peak_and_lever_verdicts_follow_the_records(tmp_path):
         (folder / f"sweep1_{name}.json").write_text(json.dumps(_fraction_record(name, fraction)))
     text = render_performance.render(tmp_path)
     assert "lowest fraction `unet_thesis` (0.13), highest `segnet_basic` (0.42)" in text
+    assert "sweep1 (Test CPU)" in text  # each sweep names its machine's CPU
     assert "| sweep1 | `unet_thesis` w0.25 | 10.0 |" in text and "| 7.5 → 6.5 |" in text
     assert "Note recorded with the runs: shared machine" in text
     assert "--note" not in text  # the note is shown, not part of the command
