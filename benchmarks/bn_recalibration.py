@@ -38,34 +38,32 @@ import torch
 
 from bench import environment, metrics
 from bench.data import load_dataset
-from bench.predict import load_checkpoint, locate_cell, rebuild_model
+from bench.predict import load_checkpoint, locate_cell, predict_classes, rebuild_model
 from bench.protocols import get_protocol
 from bench.runner import model_input, place_model, resolve_speed
+
+FOREGROUND = ("cytoplasm", "nucleus")
 
 
 def foreground_dice(
     predictions: list[np.ndarray], labels: np.ndarray, valid: np.ndarray
 ) -> dict[str, float]:
-    """Mean Dice over the images, per foreground class (1: cytoplasm, 2: nucleus)."""
-    scores: dict[str, list[float]] = {"cytoplasm": [], "nucleus": []}
-    for prediction, label, mask in zip(predictions, labels, valid, strict=True):
-        for name, class_id in (("cytoplasm", 1), ("nucleus", 2)):
-            counts = metrics.confusion_counts(prediction, label, (class_id,), mask)
-            scores[name].append(metrics.dice(counts))
-    return {name: float(np.mean(values)) for name, values in scores.items()}
+    """Mean Dice over the images of cytoplasm and nucleus, each image scored by
+    :func:`bench.metrics.image_metrics` as ``per_image.csv`` is."""
+    rows = [
+        metrics.image_metrics(prediction, label, mask)
+        for prediction, label, mask in zip(predictions, labels, valid, strict=True)
+    ]
+    return {name: float(np.mean([r[name]["dice"] for r in rows])) for name in FOREGROUND}
 
 
-def predict(
-    model: torch.nn.Module, forward: Any, images: np.ndarray, speed: Any
-) -> list[np.ndarray]:
-    x = model_input(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), speed.channels_last)
-    with torch.no_grad(), speed.autocast(torch.device("cpu")):
-        return list(forward(x).argmax(dim=1).numpy())
+def batch_norms(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
 def recalibrate(model: torch.nn.Module, forward: Any, images: np.ndarray, speed: Any) -> int:
     """Recompute every batch norm's running statistics as the average over ``images``."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = batch_norms(model)
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the batches below
@@ -78,6 +76,18 @@ def recalibrate(model: torch.nn.Module, forward: Any, images: np.ndarray, speed:
             forward(model_input(batch, speed.channels_last))
     model.eval()
     return len(norms)
+
+
+def predict_with_batch_statistics(
+    model: torch.nn.Module, forward: Any, images: np.ndarray, speed: Any
+) -> list[np.ndarray]:
+    """Label maps with every batch norm in train mode over all ``images`` as one batch."""
+    model.eval()
+    for norm in batch_norms(model):
+        norm.train()
+    x = model_input(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), speed.channels_last)
+    with torch.no_grad(), speed.autocast(torch.device("cpu")):
+        return list(forward(x).argmax(dim=1).numpy())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,26 +109,23 @@ def main(argv: list[str] | None = None) -> int:
     speed = resolve_speed(
         config.get("amp", "off"), config.get("channels_last", "off"), False, torch.device("cpu")
     )
-    results: dict[str, Any] = {}
-    model = rebuild_model(cell, load_checkpoint(cell))
-    forward = place_model(model, torch.device("cpu"), speed)
-    model.eval()
     test = split.test
+    results: dict[str, Any] = {}
+    # As the run's evaluation predicted (its speed options, test-time flips if any).
+    model = rebuild_model(cell, load_checkpoint(cell))
     results["as_trained"] = foreground_dice(
-        predict(model, forward, test.images, speed), test.labels, test.valid
+        predict_classes(cell, model, list(test.images), "cpu"), test.labels, test.valid
     )
-    norms = recalibrate(model, forward, split.train.images, speed)
+    norms = recalibrate(
+        model, place_model(model, torch.device("cpu"), speed), split.train.images, speed
+    )
     results["recalibrated"] = foreground_dice(
-        predict(model, forward, test.images, speed), test.labels, test.valid
+        predict_classes(cell, model, list(test.images), "cpu"), test.labels, test.valid
     )
     model = rebuild_model(cell, load_checkpoint(cell))
     forward = place_model(model, torch.device("cpu"), speed)
-    model.eval()
-    for norm in model.modules():
-        if isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
-            norm.train()
     results["batch_statistics"] = foreground_dice(
-        predict(model, forward, test.images, speed), test.labels, test.valid
+        predict_with_batch_statistics(model, forward, test.images, speed), test.labels, test.valid
     )
     record = {
         "checkpoint": str(args.checkpoint),
