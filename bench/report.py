@@ -95,10 +95,15 @@ def device_name(env: dict[str, Any]) -> str:
     return re.sub(r"\(1 threads\)", "(1 thread)", str(env["device_name"]))
 
 
+def invocation_environments(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The environment of every invocation of the run, the first one first (one unless
+    the run was resumed)."""
+    return [*(meta.get("earlier_environments") or []), meta["environment"]]
+
+
 def machines_line(meta: dict[str, Any]) -> str:
     """The device of the run, and of its earlier invocations where they differ."""
-    current = device_name(meta["environment"])
-    earlier = [device_name(env) for env in meta.get("earlier_environments") or []]
+    *earlier, current = [device_name(env) for env in invocation_environments(meta)]
     others = sorted({name for name in earlier if name != current})
     return current + (f" (earlier invocations of this run: {'; '.join(others)})" if others else "")
 
@@ -287,11 +292,10 @@ def methods_paragraph(meta: dict[str, Any]) -> str:
 def invocations_sentence(meta: dict[str, Any]) -> str:
     """For a resumed run, which machine and commit each invocation ran on: its cells'
     times come from different machines, so they compare only within one invocation."""
-    earlier = meta.get("earlier_environments") or []
-    if not earlier:
+    environments = invocation_environments(meta)
+    if len(environments) == 1:
         return ""
     starts = [meta["started_utc"], *meta.get("resumed_utc", [])]
-    environments = [*earlier, meta["environment"]]
     parts = [
         f"{start} on {device_name(env)} (commit `{str(env.get('git_commit'))[:12]}`)"
         for start, env in zip(starts, environments, strict=False)
