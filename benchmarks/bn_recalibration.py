@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +47,19 @@ FOREGROUND = ("cytoplasm", "nucleus")
 
 
 def foreground_dice(
-    predictions: list[np.ndarray], labels: np.ndarray, valid: np.ndarray
+    predictions: list[np.ndarray],
+    labels: np.ndarray,
+    valid: np.ndarray,
+    classes: Mapping[str, Sequence[int]] = metrics.WBC_METRIC_CLASSES,
+    names: Sequence[str] = FOREGROUND,
 ) -> dict[str, float]:
-    """Mean Dice over the images of cytoplasm and nucleus, each image scored by
-    :func:`bench.metrics.image_metrics` as ``per_image.csv`` is."""
+    """Mean Dice over the images of each class of ``names`` (cytoplasm and nucleus), each
+    image scored by :func:`bench.metrics.image_metrics` as ``per_image.csv`` is."""
     rows = [
-        metrics.image_metrics(prediction, label, mask)
+        metrics.image_metrics(prediction, label, mask, classes)
         for prediction, label, mask in zip(predictions, labels, valid, strict=True)
     ]
-    return {name: float(np.mean([r[name]["dice"] for r in rows])) for name in FOREGROUND}
+    return {name: float(np.mean([r[name]["dice"] for r in rows])) for name in names}
 
 
 def batch_norms(model: torch.nn.Module) -> list[torch.nn.Module]:
