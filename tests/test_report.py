@@ -442,7 +442,11 @@ def test_a_cut_real_run_renders_a_partial_report(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "name", sorted(p.parent.name for p in Path(__file__).parents[1].glob("reports/*/config.json"))
+    "name",
+    sorted(
+        str(p.parent.relative_to(Path(__file__).parents[1] / "reports"))
+        for p in Path(__file__).parents[1].glob("reports/**/report.md")
+    ),
 )
 def test_committed_reports_are_rendered_by_this_code(name, repo_root, tmp_path, capsys):
     target = tmp_path / name
