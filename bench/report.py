@@ -412,6 +412,26 @@ def resume_command(meta: dict[str, Any], run_dir: str | Path | None = None) -> s
     return f"{command} --out {shlex.quote(str(out))}"
 
 
+def coverage_sentence(
+    planned: Sequence[tuple[str, int, int | None]], done: set[tuple[str, int, int | None]]
+) -> str:
+    """Per architecture, how many of its planned cells finished, when that differs between
+    architectures: their means then cover different test images and seeds, and only the
+    paired comparisons (on the images both have) put them on the same footing."""
+    names = list(dict.fromkeys(name for name, _, _ in planned))
+    finished = {name: sum(1 for cell in done if cell[0] == name) for name in names}
+    wanted = {name: sum(1 for cell in planned if cell[0] == name) for name in names}
+    if len({finished[name] for name in names}) <= 1:
+        return ""
+    counts = ", ".join(f"`{name}` {finished[name]} of {wanted[name]}" for name in names)
+    return (
+        f"Cells finished per architecture: {counts}. Each mean below covers only its own "
+        "architecture's cells, so means of architectures with different cells are over "
+        "different test images and seeds; the statistical comparison pairs each with the "
+        "best on the test images both have. "
+    )
+
+
 def partial_section(
     meta: dict[str, Any], cells: Sequence[dict[str, Any]], run_dir: str | Path | None = None
 ) -> list[str]:
@@ -431,7 +451,7 @@ def partial_section(
         return [
             f"> **Partial run: {len(done)} of {plural(len(planned), 'cell')} finished** "
             "(architectures × seeds × folds); every table and test below covers only those. "
-            f"To finish it, {how}.",
+            f"{coverage_sentence(planned, done)}To finish it, {how}.",
             "",
         ]
     return [

@@ -441,6 +441,27 @@ def test_a_cut_real_run_renders_a_partial_report(tmp_path, capsys):
     assert "1 epochs" not in text
 
 
+def test_a_partial_run_says_how_many_cells_each_architecture_has():
+    """Architectures with different numbers of finished cells have means over different
+    images and seeds: the banner says so with the counts, and says nothing when they agree."""
+    planned = [(name, seed, fold) for name in ("a", "b", "c") for seed in (0, 1) for fold in (0, 1)]
+    done = {cell for cell in planned if cell[0] == "a"} | {("b", 0, 0)}
+    sentence = report.coverage_sentence(planned, done)
+    assert "`a` 4 of 4, `b` 1 of 4, `c` 0 of 4" in sentence
+    assert "pairs each with the best on the test images both have" in sentence
+    even = {cell for cell in planned if cell[2] == 0}
+    assert report.coverage_sentence(planned, even) == ""
+    meta = {
+        "config": {"architectures": ["a", "b", "c"], "seeds": [0, 1], "folds_run": [0, 1]},
+        "command": "bench run a b c --out run",
+        "finished_utc": None,
+    }
+    cells = [{"architecture": n, "seed": s, "fold": f} for n, s, f in sorted(done)]
+    (banner, _) = report.partial_section(meta, cells)
+    assert banner.startswith("> **Partial run: 5 of 12 cells finished**")
+    assert sentence in banner and banner.endswith("resume with `bench run a b c --out run`.")
+
+
 @pytest.mark.parametrize(
     "name",
     sorted(
