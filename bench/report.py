@@ -22,6 +22,7 @@ import itertools
 import math
 import re
 import shlex
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -418,9 +419,9 @@ def coverage_sentence(
     """Per architecture, how many of its planned cells finished, when that differs between
     architectures: their means then cover different test images and seeds, and only the
     paired comparisons (on the images both have) put them on the same footing."""
-    names = list(dict.fromkeys(name for name, _, _ in planned))
-    finished = {name: sum(1 for cell in done if cell[0] == name) for name in names}
-    wanted = {name: sum(1 for cell in planned if cell[0] == name) for name in names}
+    wanted = Counter(name for name, _, _ in planned)
+    finished = Counter(name for name, _, _ in done)
+    names = list(wanted)  # suite order
     if len({finished[name] for name in names}) <= 1:
         return ""
     counts = ", ".join(f"`{name}` {finished[name]} of {wanted[name]}" for name in names)

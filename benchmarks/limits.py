@@ -47,7 +47,7 @@ from scipy import ndimage
 
 from bench import environment, metrics, stats
 from bench.config import RunConfig
-from bench.images import read_mask
+from bench.images import mask_to_classes, read_mask
 from bench.report import (
     THESIS_GOAL_MODEL,
     _reference,
@@ -155,22 +155,24 @@ def worst_images(
 def saved_predictions(run: RunDir, meta: dict[str, Any], architecture: str):
     """``(seed, image_id, prediction, truth)`` for every saved label map of ``architecture``
     (class indices, read with the dataset's palette)."""
-    palette = {value: index for index, value in enumerate(meta["dataset"]["palette"])}
+    palette = palette_of(meta)
     seeds = meta["config"]["seeds"]
     truths = {p.stem: p for p in sorted((run.path / "truth").glob("*.png"))}
     for seed in seeds:
         for image_id, truth_path in truths.items():
             path = run.prediction_path(architecture, seed, image_id, seeds[0])
             if path.is_file():
-                yield seed, image_id, _classes(path, palette), _classes(truth_path, palette)
+                yield seed, image_id, label_map(path, palette), label_map(truth_path, palette)
 
 
-def _classes(path: Path, palette: dict[int, int]) -> np.ndarray:
-    grey = read_mask(path)
-    lookup = np.zeros(256, dtype=np.int64)
-    for value, index in palette.items():
-        lookup[value] = index
-    return lookup[grey]
+def palette_of(meta: dict[str, Any]) -> dict[int, int]:
+    """The run's grey value -> class index mapping of its saved label maps."""
+    return {value: index for index, value in enumerate(meta["dataset"]["palette"])}
+
+
+def label_map(path: Path, palette: dict[int, int]) -> np.ndarray:
+    """Class indices of a label map the run saved (its grey palette)."""
+    return mask_to_classes(read_mask(path), palette)[0]
 
 
 def recorded_config(config: dict[str, Any], data_dir: str | None) -> RunConfig:
@@ -187,7 +189,11 @@ def recorded_config(config: dict[str, Any], data_dir: str | None) -> RunConfig:
 
 
 def fit_gap(
-    run: RunDir, architecture: str, data_dir: str | None, limit: int | None = None
+    run: RunDir,
+    meta: dict[str, Any],
+    architecture: str,
+    data_dir: str | None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Per cell with a final checkpoint: foreground Dice on its fitted, validation and test
     images, predicted as the run's evaluation predicts."""
@@ -196,7 +202,6 @@ def fit_gap(
     from bench.predict import load_checkpoint, locate_cell, predict_classes, rebuild_model
     from bench.protocols import carve_validation, get_protocol
 
-    meta = run.read_meta()
     config = meta["config"]
     dataset = load_suite_dataset(recorded_config(config, data_dir))
     classes = metric_classes(tuple(meta["dataset"]["class_names"]))
@@ -238,17 +243,14 @@ def draw_worst(
     run: RunDir, meta: dict[str, Any], architecture: str, worst, path: Path, band: int = BAND
 ) -> None:
     """Rows: the worst images; columns: input, truth, each seed's prediction, errors."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
     from PIL import Image
 
-    from bench.report import _colourise
+    from bench.report import _colourise, _figure_saver
 
+    plt, save = _figure_saver()
     palette = meta["dataset"]["palette"]
-    lookup = {value: index for index, value in enumerate(palette)}
+    lookup = palette_of(meta)
     seeds = meta["config"]["seeds"]
     columns = ["input", "ground truth", *[f"seed {s}" for s in seeds], f"errors (seed {seeds[0]})"]
     figure, axes = plt.subplots(
@@ -259,7 +261,7 @@ def draw_worst(
         layout="constrained",
     )
     for r, (fold, image_id, score) in enumerate(worst):
-        truth = _classes(run.truth_path(image_id), lookup)
+        truth = label_map(run.truth_path(image_id), lookup)
         for c, column in enumerate(columns):
             ax = axes[r, c]
             ax.set_xticks([])
@@ -277,7 +279,7 @@ def draw_worst(
                     _colourise(run.prediction_path(architecture, seed, image_id, seeds[0]), palette)
                 )
             else:
-                prediction = _classes(
+                prediction = label_map(
                     run.prediction_path(architecture, seeds[0], image_id, seeds[0]), lookup
                 )
                 wrong = prediction != truth
@@ -306,8 +308,7 @@ def draw_worst(
         color="0.3",
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save(figure, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,13 +365,14 @@ def main(argv: list[str] | None = None) -> int:
     worst = worst_images(tables.per_image, architecture, names, args.worst)
     record["worst"] = [{"fold": f, "image_id": i, "dice": d} for f, i, d in worst]
     if not args.no_fit_gap:
-        cells = fit_gap(run, architecture, args.data_dir, args.cells)
+        cells = fit_gap(run, meta, architecture, args.data_dir, args.cells)
+        # the image sets each cell was scored on (fitted, validation, test): its dict entries
+        parts = [key for key, value in cells[0].items() if isinstance(value, dict)] if cells else []
         record["fit_gap"] = {
             "cells": cells,
             "mean": {
                 part: {c: float(np.mean([cell[part][c] for cell in cells])) for c in names}
-                for part in (cells[0] if cells else {})
-                if isinstance(cells[0][part], dict)
+                for part in parts
             },
         }
     record["environment"] = environment.describe(torch.device("cpu"))
