@@ -805,7 +805,9 @@ def accuracy_section(summary: list[dict[str, Any]], thesis: bool) -> list[str]:
         table.render(),
         "",
         "Pixel accuracy (argmax) after the last epoch; train is the running mean over the "
-        "last epoch's batches in training mode, test is measured in eval mode."
+        "last epoch's batches in training mode (augmented images, dropout active: the "
+        "thesis models' output head drops half its logits), so it can sit well below test, "
+        "which is measured in eval mode."
         + (
             " The thesis's Table 1 was published only as a figure, and its Keras "
             "`accuracy` with binary cross-entropy was element-wise binary accuracy over "
@@ -837,7 +839,10 @@ def loss_section(
             [(_published_label(model), None), (_fmt(train), train), (_fmt(test), test)],
             reference=True,
         )
-    caption = f"Loss: `{meta['config']['loss']}`."
+    caption = (
+        f"Loss: `{meta['config']['loss']}`; train is the running mean in training mode, "
+        "as train accuracy above, so it is not comparable with test."
+    )
     if reference:
         caption += " " + published_caption(meta)
     return [
