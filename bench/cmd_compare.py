@@ -13,13 +13,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Per architecture of both runs: the change of the foreground Dice from FIRST to "
             "SECOND, over seeds (mean difference, 95 % t CI) and over images (median "
-            "difference, bootstrap CI, Wilcoxon), and the configuration keys that differ. "
+            "difference, bootstrap CI, Wilcoxon), the configuration keys that differ, and "
+            "the training time of the cells both finished. "
             "Example: bench compare runs/thesis runs/thesis-noleak (what the leak changed)."
         ),
     )
     compare.add_argument("first", metavar="FIRST", help="run directory (the baseline)")
     compare.add_argument("second", metavar="SECOND", help="run directory (the change)")
-    compare.add_argument("--out", metavar="DIR", help="write comparison.md and comparison.csv here")
+    compare.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write comparison.md, comparison.csv and comparison_cost.csv here",
+    )
     compare.set_defaults(func=compare_command)
 
     combine = subparsers.add_parser(
@@ -42,9 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def compare_command(args: argparse.Namespace) -> int:
     from bench.compare import compare_runs, write_comparison
 
-    markdown, rows = compare_runs(args.first, args.second)
+    markdown, rows, cost = compare_runs(args.first, args.second)
     if args.out:
-        print(write_comparison(args.out, markdown, rows))
+        print(write_comparison(args.out, markdown, rows, cost))
     else:
         print(markdown, end="")
     return 0

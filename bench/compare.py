@@ -33,6 +33,7 @@ from bench.atomic import atomic_write_text
 from bench.config import PLACEMENT_KEYS
 from bench.errors import ConfigError
 from bench.flags import architecture_flags
+from bench.report import device_name, invocation_environments
 from bench.run_dir import RunDir, RunTables, write_csv
 
 COMPARISON_COLUMNS = (
@@ -48,6 +49,18 @@ COMPARISON_COLUMNS = (
     "image_ci_low",
     "image_ci_high",
     "image_p_value",
+)
+
+COST_COLUMNS = (
+    "architecture",
+    "cells",
+    "first_epochs",
+    "second_epochs",
+    "first_train_seconds",
+    "second_train_seconds",
+    "first_images_per_second",
+    "second_images_per_second",
+    "train_time_ratio",
 )
 
 
@@ -125,6 +138,104 @@ def compare_tables(
     return rows
 
 
+def cost_tables(
+    first_cells: Sequence[Mapping[str, Any]], second_cells: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """One row per architecture that both runs trained: over the (seed, fold) cells both
+    finished, the mean epochs, training seconds and training images/s per cell, and the
+    ratio of the total training time (second / first). Cells that failed in either run are
+    left out, so both sides count the same cells."""
+
+    def finished(cells: Sequence[Mapping[str, Any]]) -> dict[tuple[str, Any, Any], Mapping]:
+        return {
+            (str(c["architecture"]), c["seed"], c["fold"]): c
+            for c in cells
+            if c.get("status") == "ok" and c.get("train_seconds") is not None
+        }
+
+    first, second = finished(first_cells), finished(second_cells)
+    shared: dict[str, list[tuple[Any, Any]]] = {}
+    for key in first:
+        if key in second:
+            shared.setdefault(key[0], []).append(key)
+
+    def mean(run: Mapping, keys: list, column: str) -> float | None:
+        values = [run[k][column] for k in keys if run[k].get(column) is not None]
+        return float(np.mean(values)) if values else None
+
+    rows = []
+    for name, keys in shared.items():
+        first_total = sum(float(first[k]["train_seconds"]) for k in keys)
+        second_total = sum(float(second[k]["train_seconds"]) for k in keys)
+        rows.append(
+            {
+                "architecture": name,
+                "cells": len(keys),
+                "first_epochs": mean(first, keys, "epochs"),
+                "second_epochs": mean(second, keys, "epochs"),
+                "first_train_seconds": first_total / len(keys),
+                "second_train_seconds": second_total / len(keys),
+                "first_images_per_second": mean(first, keys, "images_per_second"),
+                "second_images_per_second": mean(second, keys, "images_per_second"),
+                "train_time_ratio": second_total / first_total if first_total > 0 else None,
+            }
+        )
+    return rows
+
+
+def cost_section(
+    rows: Sequence[Mapping[str, Any]], first_meta: Mapping, second_meta: Mapping
+) -> list[str]:
+    """The "Cost" part of a comparison: training time per architecture, and where the two
+    runs were trained, so a reader knows whether the times can be set side by side."""
+    machines = [
+        sorted({device_name(env) for env in invocation_environments(dict(meta))})
+        for meta in (first_meta, second_meta)
+    ]
+    if len(machines[0]) == 1 and machines[0] == machines[1]:
+        where = (
+            f"Both runs were trained on {machines[0][0]}, so their times compare directly "
+            "(each cell is timed by the invocation that trained it)."
+        )
+    else:
+        where = (
+            f"The first run was trained on {'; '.join(machines[0])}, the second on "
+            f"{'; '.join(machines[1])}: times from different machines differ by the "
+            "machines as well as by the runs, so only the epochs compare directly."
+        )
+    out = [
+        "",
+        "## Cost",
+        "",
+        "Training time per cell (a cell is one architecture, seed and fold), over the cells "
+        "both runs finished: mean epochs trained, mean training seconds, mean training "
+        "images/s (training images × epochs / training seconds), and the ratio of the "
+        "total training time, second / first. " + where,
+        "",
+        "| Architecture | Cells | Epochs (first → second) | Training s per cell (first → "
+        "second) | Images/s (first → second) | Time ratio |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        ratio = row["train_time_ratio"]
+        out.append(
+            f"| {row['architecture']} | {row['cells']} | "
+            f"{_fmt_plain(row['first_epochs'], 1)} → {_fmt_plain(row['second_epochs'], 1)} | "
+            f"{_fmt_plain(row['first_train_seconds'], 1)} → "
+            f"{_fmt_plain(row['second_train_seconds'], 1)} | "
+            f"{_fmt_plain(row['first_images_per_second'], 1)} → "
+            f"{_fmt_plain(row['second_images_per_second'], 1)} | "
+            f"{'—' if ratio is None else f'{ratio:.2f}×'} |"
+        )
+    if not rows:
+        out.append("| (no cell finished in both runs) | | | | | |")
+    return out
+
+
+def _fmt_plain(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
 def setting_differences(
     first: Mapping[str, Any],
     second: Mapping[str, Any],
@@ -166,8 +277,11 @@ def _p_text(value: float | None) -> str:
     return "< 0.0001" if value < 1e-4 else f"{value:.4f}"
 
 
-def compare_runs(first_dir: str, second_dir: str) -> tuple[str, list[dict[str, Any]]]:
-    """The Markdown comparison of two run directories and its rows."""
+def compare_runs(
+    first_dir: str, second_dir: str
+) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Markdown comparison of two run directories, its accuracy rows and its cost
+    rows."""
     first_run, second_run = RunDir(first_dir), RunDir(second_dir)
     first_meta, second_meta = first_run.read_meta(), second_run.read_meta()
     names = first_meta["dataset"]["class_names"]
@@ -177,7 +291,8 @@ def compare_runs(first_dir: str, second_dir: str) -> tuple[str, list[dict[str, A
             f"{first_dir}'s {names}: the runs score different things"
         )
     classes = stats.primary_classes(names)
-    rows = compare_tables(first_run.tables(first_meta), second_run.tables(second_meta), classes)
+    first_tables, second_tables = first_run.tables(first_meta), second_run.tables(second_meta)
+    rows = compare_tables(first_tables, second_tables, classes)
     if not rows:
         raise ConfigError(
             f"{first_dir} and {second_dir} have no architecture scored on the same test images"
@@ -249,11 +364,10 @@ def compare_runs(first_dir: str, second_dir: str) -> tuple[str, list[dict[str, A
             f"{_fmt(row['second_mean'])} ({_fmt(row['seed_mean_difference'], True)}); {verdict}."
         )
     flag_lines = []
-    for label, meta, run in (
-        (first_label, first_meta, first_run),
-        (second_label, second_meta, second_run),
+    for label, meta, tables in (
+        (first_label, first_meta, first_tables),
+        (second_label, second_meta, second_tables),
     ):
-        tables = run.tables(meta)
         for name, reasons in architecture_flags(
             tables.cells, tables.history, tables.per_image, classes, meta["config"].get("epochs")
         ).items():
@@ -266,14 +380,21 @@ def compare_runs(first_dir: str, second_dir: str) -> tuple[str, list[dict[str, A
             "",
             *flag_lines,
         ]
-    return "\n".join(out) + "\n", rows
+    cost = cost_tables(first_tables.cells, second_tables.cells)
+    out += cost_section(cost, first_meta, second_meta)
+    return "\n".join(out) + "\n", rows, cost
 
 
-def write_comparison(out_dir: str, markdown: str, rows: list[dict[str, Any]]) -> Path:
-    """``comparison.md`` and ``comparison.csv`` in ``out_dir``, a new folder or one holding
-    only an earlier comparison."""
+def write_comparison(
+    out_dir: str,
+    markdown: str,
+    rows: list[dict[str, Any]],
+    cost: list[dict[str, Any]],
+) -> Path:
+    """``comparison.md``, ``comparison.csv`` (accuracy) and ``comparison_cost.csv`` in
+    ``out_dir``, a new folder or one holding only an earlier comparison."""
     folder = Path(out_dir)
-    ours = {"comparison.md", "comparison.csv"}
+    ours = {"comparison.md", "comparison.csv", "comparison_cost.csv"}
     if folder.exists():
         if not folder.is_dir():
             raise ConfigError(f"--out {folder}: exists and is not a directory")
@@ -284,5 +405,6 @@ def write_comparison(out_dir: str, markdown: str, rows: list[dict[str, Any]]) ->
                 "bench compare writes only into a new folder or an earlier comparison's"
             )
     write_csv(folder / "comparison.csv", COMPARISON_COLUMNS, rows)
+    write_csv(folder / "comparison_cost.csv", COST_COLUMNS, cost)
     atomic_write_text(folder / "comparison.md", markdown)
     return folder / "comparison.md"

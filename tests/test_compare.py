@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from bench.cli import main
-from bench.compare import compare_tables, t_interval
+from bench.compare import compare_tables, cost_tables, t_interval
 from bench.run_dir import RunTables
 
 from tiny_runs import checksums, run_argv, tiny_plugin_source
@@ -108,6 +108,19 @@ def test_bench_compare_states_what_the_leak_changed(leak_runs, tmp_path, capsys)
     assert float(row["seed_mean_difference"]) == pytest.approx(np.mean(differences))
     assert int(row["images"]) == len(by_image)
     assert "`tiny_fcn`:" in markdown and ("CI over seeds" in markdown)
+    # Cost: recomputed from the two runs' cells.csv (both trained here, on this machine).
+    seconds = {}
+    for protocol, run in leak_runs.items():
+        with (run / "cells.csv").open(newline="") as handle:
+            seconds[protocol] = sum(float(c["train_seconds"]) for c in csv.DictReader(handle))
+    with (out / "comparison_cost.csv").open(newline="") as handle:
+        (cost,) = list(csv.DictReader(handle))
+    assert cost["architecture"] == "tiny_fcn" and cost["cells"] == "2"
+    assert float(cost["first_train_seconds"]) == pytest.approx(seconds["thesis"] / 2)
+    assert float(cost["train_time_ratio"]) == pytest.approx(
+        seconds["thesis-noleak"] / seconds["thesis"]
+    )
+    assert "## Cost" in markdown and "so their times compare directly" in markdown
 
 
 def test_compare_refuses_an_out_holding_other_files(leak_runs, tmp_path, capsys):
@@ -145,3 +158,53 @@ def test_tiny_p_values_read_as_below_the_printed_precision():
     assert _p_text(0.00003) == "< 0.0001"
     assert _p_text(0.0312) == "0.0312"
     assert _p_text(None) == "—"
+
+
+def cell(name, seed, fold, seconds, epochs=10, images_per_second=None, status="ok"):
+    return {
+        "architecture": name,
+        "seed": seed,
+        "fold": fold,
+        "status": status,
+        "epochs": epochs,
+        "train_seconds": seconds,
+        "images_per_second": images_per_second,
+    }
+
+
+def test_the_cost_counts_only_cells_both_runs_finished():
+    first = [
+        cell("a", 0, 0, 100.0, epochs=30, images_per_second=60.0),
+        cell("a", 0, 1, 120.0, epochs=30, images_per_second=50.0),
+        cell("a", 1, 0, 999.0),  # not in the second run
+        cell("b", 0, 0, 50.0),
+    ]
+    second = [
+        cell("a", 0, 0, 400.0, epochs=100, images_per_second=48.0),
+        cell("a", 0, 1, 500.0, epochs=120, images_per_second=46.0),
+        cell("b", 0, 0, None, status="failed"),  # failed: b has no shared cell
+        cell("c", 0, 0, 10.0),
+    ]
+    (row,) = cost_tables(first, second)
+    assert row["architecture"] == "a" and row["cells"] == 2
+    assert row["first_epochs"] == 30 and row["second_epochs"] == 110
+    assert row["first_train_seconds"] == 110 and row["second_train_seconds"] == 450
+    assert row["first_images_per_second"] == 55 and row["second_images_per_second"] == 47
+    assert row["train_time_ratio"] == pytest.approx(900 / 220)
+
+
+def test_times_from_different_machines_are_said_to_differ():
+    from bench.compare import cost_section
+
+    def meta(device, earlier=()):
+        return {
+            "environment": {"device_name": device},
+            "earlier_environments": [{"device_name": d} for d in earlier],
+        }
+
+    rows = cost_tables([cell("a", 0, 0, 10.0)], [cell("a", 0, 0, 20.0)])
+    same = "\n".join(cost_section(rows, meta("CPU: X"), meta("CPU: X", ["CPU: X"])))
+    assert "Both runs were trained on CPU: X" in same and "| a | 1 |" in same
+    assert "2.00×" in same
+    mixed = "\n".join(cost_section(rows, meta("CPU: X"), meta("CPU: X", ["CPU: Y"])))
+    assert "the second on CPU: X; CPU: Y" in mixed and "only the epochs compare" in mixed
