@@ -220,20 +220,16 @@ def cost_section(
         ratio = row["train_time_ratio"]
         out.append(
             f"| {row['architecture']} | {row['cells']} | "
-            f"{_fmt_plain(row['first_epochs'], 1)} → {_fmt_plain(row['second_epochs'], 1)} | "
-            f"{_fmt_plain(row['first_train_seconds'], 1)} → "
-            f"{_fmt_plain(row['second_train_seconds'], 1)} | "
-            f"{_fmt_plain(row['first_images_per_second'], 1)} → "
-            f"{_fmt_plain(row['second_images_per_second'], 1)} | "
+            f"{_fmt(row['first_epochs'], digits=1)} → {_fmt(row['second_epochs'], digits=1)} | "
+            f"{_fmt(row['first_train_seconds'], digits=1)} → "
+            f"{_fmt(row['second_train_seconds'], digits=1)} | "
+            f"{_fmt(row['first_images_per_second'], digits=1)} → "
+            f"{_fmt(row['second_images_per_second'], digits=1)} | "
             f"{'—' if ratio is None else f'{ratio:.2f}×'} |"
         )
     if not rows:
         out.append("| (no cell finished in both runs) | | | | | |")
     return out
-
-
-def _fmt_plain(value: float | None, digits: int) -> str:
-    return "—" if value is None else f"{value:,.{digits}f}"
 
 
 def setting_differences(
@@ -264,10 +260,10 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _fmt(value: float | None, signed: bool = False) -> str:
+def _fmt(value: float | None, signed: bool = False, digits: int = 4) -> str:
     if value is None:
         return "—"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
+    return f"{value:+,.{digits}f}" if signed else f"{value:,.{digits}f}"
 
 
 def _p_text(value: float | None) -> str:

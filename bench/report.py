@@ -1957,12 +1957,23 @@ def accuracy_cost_figure(plt: Any, points: Sequence[CostPoint]) -> Any:
 CONFUSION_COLUMNS = ("architecture", "true_class", "predicted_class", "pixels", "fraction")
 
 
+def label_palette(meta: dict[str, Any]) -> dict[int, int]:
+    """The run's grey value -> class index mapping of its saved label maps."""
+    return {int(grey): index for index, grey in enumerate(meta["dataset"]["palette"])}
+
+
+def read_label_map(path: Path, palette: dict[int, int]) -> np.ndarray:
+    """Class indices of a label map the run saved (truth or prediction), read with its
+    grey palette (:func:`label_palette`)."""
+    from bench.images import mask_to_classes, read_mask
+
+    return mask_to_classes(read_mask(path), palette)[0]
+
+
 def confusion_counts(run: RunDir, meta: dict[str, Any], architecture: str) -> np.ndarray | None:
     """``(K, K)`` pixel counts (rows: true class, columns: predicted class) over every test
     image of ``architecture``'s saved primary-seed predictions; None without any."""
-    from bench.images import mask_to_classes, read_mask
-
-    palette = {int(grey): index for index, grey in enumerate(meta["dataset"]["palette"])}
+    palette = label_palette(meta)
     k = len(meta["dataset"]["class_names"])
     seed = meta["config"]["seeds"][0]
     folder = run.prediction_path(architecture, seed, "_", seed).parent
@@ -1972,8 +1983,7 @@ def confusion_counts(run: RunDir, meta: dict[str, Any], architecture: str) -> np
         truth_path = run.truth_path(path.stem)
         if not truth_path.is_file():
             continue
-        truth, _ = mask_to_classes(read_mask(truth_path), palette)
-        predicted, _ = mask_to_classes(read_mask(path), palette)
+        truth, predicted = read_label_map(truth_path, palette), read_label_map(path, palette)
         if truth.shape != predicted.shape:
             continue
         pairs = truth.astype(np.int64).ravel() * k + predicted.astype(np.int64).ravel()

@@ -47,12 +47,13 @@ from scipy import ndimage
 
 from bench import environment, metrics, stats
 from bench.config import RunConfig
-from bench.images import mask_to_classes, read_mask
 from bench.report import (
     THESIS_GOAL_MODEL,
     _reference,
     invocation_environments,
+    label_palette,
     load_thesis_reference,
+    read_label_map,
 )
 from bench.run_dir import RunDir
 from bench.suite import load_suite_dataset, metric_classes
@@ -155,24 +156,19 @@ def worst_images(
 def saved_predictions(run: RunDir, meta: dict[str, Any], architecture: str):
     """``(seed, image_id, prediction, truth)`` for every saved label map of ``architecture``
     (class indices, read with the dataset's palette)."""
-    palette = palette_of(meta)
+    palette = label_palette(meta)
     seeds = meta["config"]["seeds"]
     truths = {p.stem: p for p in sorted((run.path / "truth").glob("*.png"))}
     for seed in seeds:
         for image_id, truth_path in truths.items():
             path = run.prediction_path(architecture, seed, image_id, seeds[0])
             if path.is_file():
-                yield seed, image_id, label_map(path, palette), label_map(truth_path, palette)
-
-
-def palette_of(meta: dict[str, Any]) -> dict[int, int]:
-    """The run's grey value -> class index mapping of its saved label maps."""
-    return {value: index for index, value in enumerate(meta["dataset"]["palette"])}
-
-
-def label_map(path: Path, palette: dict[int, int]) -> np.ndarray:
-    """Class indices of a label map the run saved (its grey palette)."""
-    return mask_to_classes(read_mask(path), palette)[0]
+                yield (
+                    seed,
+                    image_id,
+                    read_label_map(path, palette),
+                    read_label_map(truth_path, palette),
+                )
 
 
 def recorded_config(config: dict[str, Any], data_dir: str | None) -> RunConfig:
@@ -250,7 +246,7 @@ def draw_worst(
 
     plt, save = _figure_saver()
     palette = meta["dataset"]["palette"]
-    lookup = palette_of(meta)
+    lookup = label_palette(meta)
     seeds = meta["config"]["seeds"]
     columns = ["input", "ground truth", *[f"seed {s}" for s in seeds], f"errors (seed {seeds[0]})"]
     figure, axes = plt.subplots(
@@ -261,7 +257,7 @@ def draw_worst(
         layout="constrained",
     )
     for r, (fold, image_id, score) in enumerate(worst):
-        truth = label_map(run.truth_path(image_id), lookup)
+        truth = read_label_map(run.truth_path(image_id), lookup)
         for c, column in enumerate(columns):
             ax = axes[r, c]
             ax.set_xticks([])
@@ -279,7 +275,7 @@ def draw_worst(
                     _colourise(run.prediction_path(architecture, seed, image_id, seeds[0]), palette)
                 )
             else:
-                prediction = label_map(
+                prediction = read_label_map(
                     run.prediction_path(architecture, seeds[0], image_id, seeds[0]), lookup
                 )
                 wrong = prediction != truth
