@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-from bench import stats
+from bench import report, stats
+from bench.aggregate import summarize
 from bench.atomic import atomic_write_text
 from bench.config import PLACEMENT_KEYS
 from bench.errors import ConfigError
 from bench.flags import architecture_flags
 from bench.report import device_name, invocation_environments
-from bench.run_dir import RunDir, RunTables, write_csv
+from bench.run_dir import RunDir, RunTables, metric_classes_of, write_csv
 
 COMPARISON_COLUMNS = (
     "architecture",
@@ -232,6 +233,77 @@ def cost_section(
     return out
 
 
+def thesis_goal_section(
+    runs: Sequence[tuple[str, Mapping[str, Any], RunTables]],
+    architectures: Sequence[str],
+    reference: list[dict[str, str]],
+) -> list[str]:
+    """On the thesis's data under protocols that do not leak: each architecture's Dice per
+    class in each run, held against the thesis's best published row (as each run's own
+    report does), side by side. ``runs`` is ``(label, meta, tables)`` per run; empty where
+    either run has no goal (other data, a thesis protocol)."""
+    held = []
+    for label, meta, tables in runs:
+        primary = stats.primary_classes(meta["dataset"]["class_names"])
+        flagged = architecture_flags(
+            tables.cells, tables.history, tables.per_image, primary, meta["config"].get("epochs")
+        )
+        summary = summarize(tables.cells, tables.per_image, metric_classes_of(meta))
+        for row in summary:
+            row["flags"] = "; ".join(flagged.get(row["architecture"], []))
+        goal = report.thesis_goal(dict(meta), summary, reference)
+        if goal is None:
+            return []
+        held.append((label, goal[1]))
+    goal_means = goal[0]
+    out = [
+        "",
+        "## Against the thesis's published numbers",
+        "",
+        report.goal_introduction(goal_means)
+        + " Each run's Dice per class and its difference from that row, as in each run's "
+        "own report:",
+        "",
+        *[f"- {label}: {report.goal_headline(rows, 'in this run')}" for label, rows in held],
+        "",
+        "| Architecture | Run | Dice cytoplasm | − thesis "
+        f"{goal_means['cytoplasm'][0]:.4f} (95 % CI) | Dice nucleus | − thesis "
+        f"{goal_means['nucleus'][0]:.4f} (95 % CI) | Against the thesis |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for name in architectures:
+        for label, rows in held:
+            row = next((r for r in rows if r.architecture == name), None)
+            if row is None:
+                continue
+            cells = [row.label, label]
+            for cls in report.GOAL_CLASSES:
+                cells += [
+                    row.dice_text(cls),
+                    report.goal_difference_text(row.differences.get(cls)),
+                ]
+            out.append("| " + " | ".join([*cells, row.verdict]) + " |")
+    out += [
+        "",
+        report.GOAL_METHOD + " Every test image of each run counts (its means are those of "
+        "its report); the published model was the full-width Keras U-Net trained on the "
+        "leaky split.",
+    ]
+    return out
+
+
+def run_labels(first: Mapping[str, Any], second: Mapping[str, Any]) -> tuple[str, str]:
+    """How the comparison names each run: its protocol, and its training recipe when the
+    two runs' recipes differ (two clean runs are told apart by their recipe)."""
+    recipes = (first["config"].get("recipe"), second["config"].get("recipe"))
+
+    def label(meta: Mapping[str, Any], recipe: Any) -> str:
+        name = f"`{meta['protocol']['name']}`"
+        return name + (f", recipe `{recipe}`" if recipes[0] != recipes[1] else "")
+
+    return label(first, recipes[0]), label(second, recipes[1])
+
+
 def setting_differences(
     first: Mapping[str, Any],
     second: Mapping[str, Any],
@@ -293,8 +365,8 @@ def compare_runs(
         raise ConfigError(
             f"{first_dir} and {second_dir} have no architecture scored on the same test images"
         )
-    first_label = f"`{first_meta['protocol']['name']}` ({first_dir})"
-    second_label = f"`{second_meta['protocol']['name']}` ({second_dir})"
+    first_name, second_name = run_labels(first_meta, second_meta)
+    first_label, second_label = f"{first_name} ({first_dir})", f"{second_name} ({second_dir})"
     primary = " and ".join(", ".join(classes).rsplit(", ", 1))
     out = [
         f"# What changed from {first_label} to {second_label}",
@@ -376,6 +448,13 @@ def compare_runs(
             "",
             *flag_lines,
         ]
+    # runs of the same protocol and recipe (a speed option, say) are told apart by order
+    goal_names = (first_name, second_name) if first_name != second_name else ("first", "second")
+    out += thesis_goal_section(
+        ((goal_names[0], first_meta, first_tables), (goal_names[1], second_meta, second_tables)),
+        [row["architecture"] for row in rows],
+        report.load_thesis_reference(),
+    )
     cost = cost_tables(first_tables.cells, second_tables.cells)
     out += cost_section(cost, first_meta, second_meta)
     return "\n".join(out) + "\n", rows, cost

@@ -932,6 +932,136 @@ def quality_section(
 THESIS_TEST_IMAGES = 30
 #: The thesis's best published row, the goal of a clean run on its data.
 THESIS_GOAL_MODEL = "U-Net"
+#: The classes of that goal (the thesis's two foreground classes).
+GOAL_CLASSES = ("cytoplasm", "nucleus")
+
+
+@dataclass(frozen=True)
+class GoalRow:
+    """One architecture held against the thesis's best published row."""
+
+    architecture: str
+    label: str  # the name as tables print it (flagged ones carry a mark)
+    flagged: bool
+    foreground: float  # mean Dice of the goal's classes
+    images: int
+    means: dict[str, tuple[float | None, float | None]]  # class: (mean, SEM)
+    differences: dict[str, tuple[float, float, float]]  # class: (ours − thesis, CI low, high)
+    verdict: str
+
+    def dice_text(self, cls: str) -> str:
+        """``0.9477 ± 0.0023``: the class's mean Dice ± SEM, as tables print it."""
+        return _pm(*self.means[cls])
+
+
+def thesis_goal(
+    meta: dict[str, Any], summary: list[dict[str, Any]], reference: list[dict[str, str]]
+) -> tuple[dict[str, tuple[float, float]], list[GoalRow]] | None:
+    """The published goal ``{class: (mean, SEM)}`` and every architecture of ``summary``
+    held against it (best foreground Dice first), or None where it does not apply: data
+    other than ``wbc1``, a thesis protocol (its tables carry the published rows), no
+    reference or no row with both classes."""
+    if meta["dataset"].get("name") != "wbc1" or is_thesis_reference(meta) or not reference:
+        return None
+    goal = {
+        cls: _reference(reference, THESIS_GOAL_MODEL, "dice", "test", cls) for cls in GOAL_CLASSES
+    }
+    if any(mean is None or sem is None for mean, sem in goal.values()):
+        return None
+    rows = [
+        r
+        for r in summary
+        if all(_num(r.get(f"{c}_dice_mean")) is not None for c in GOAL_CLASSES)
+        and _num(r.get("images"))
+    ]
+    if not rows:
+        return None
+
+    def foreground(row: dict[str, Any]) -> float:
+        return float(np.mean([_num(row[f"{c}_dice_mean"]) for c in GOAL_CLASSES]))
+
+    rows.sort(key=lambda r: (-foreground(r), r["architecture"]))
+    held = []
+    for row in rows:
+        images = int(_num(row["images"]) or 0)
+        means, differences = {}, {}
+        for cls in GOAL_CLASSES:
+            mean, sem = _num(row[f"{cls}_dice_mean"]), _num(row.get(f"{cls}_dice_sem"))
+            means[cls] = (mean, sem)
+            if sem is not None:
+                goal_mean, goal_sem = goal[cls]
+                differences[cls] = stats.welch_difference(
+                    mean, sem, images, goal_mean, goal_sem, THESIS_TEST_IMAGES
+                )
+        below = [c for c, (_, _, high) in differences.items() if high < 0]
+        above = [c for c, (_, low, _) in differences.items() if low > 0]
+        if len(differences) < len(GOAL_CLASSES):
+            verdict = "no CI (one image or one value)"
+        elif below:
+            verdict = f"falls short on {_join(below)}"
+        elif len(above) == len(GOAL_CLASSES):
+            verdict = "beats it on both classes"
+        else:
+            also = f", above on {_join(above)}" if above else ""
+            verdict = f"reaches it (not told apart{also})"
+        held.append(
+            GoalRow(
+                architecture=row["architecture"],
+                label=_label(row),
+                flagged=bool(row.get("flags") or row.get("flagged")),
+                foreground=foreground(row),
+                images=images,
+                means=means,
+                differences=differences,
+                verdict=verdict,
+            )
+        )
+    return {cls: (float(m), float(s)) for cls, (m, s) in goal.items()}, held
+
+
+def goal_difference_text(difference: tuple[float, float, float] | None) -> str:
+    """``−0.0223 [−0.0298, −0.0147]``: ours − thesis with its 95 % CI, as tables print it."""
+    if difference is None:
+        return "—"
+    change, low, high = difference
+    return f"{change:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def goal_headline(rows: Sequence[GoalRow], where: str = "here") -> str:
+    """The best unflagged architecture's verdict against the goal, in one sentence."""
+    unflagged = [r for r in rows if not r.flagged]
+    if not unflagged:
+        return f"Every architecture {where} is flagged, so none is held against the goal."
+    best = unflagged[0]
+    parts = [
+        f"{cls} {d[0]:+.4f} (95 % CI [{d[1]:+.4f}, {d[2]:+.4f}])"
+        for cls, d in best.differences.items()
+    ]
+    return (
+        f"The best unflagged architecture {where}, `{best.architecture}` (mean Dice of the "
+        f"two classes {best.foreground:.4f} over {plural(best.images, 'test image')}), "
+        f"{best.verdict}: {', '.join(parts)}."
+    )
+
+
+def goal_introduction(goal: dict[str, tuple[float, float]]) -> str:
+    """What the published goal was and why it leaks."""
+    return (
+        f"The thesis's best row is its {THESIS_GOAL_MODEL} (Dice cytoplasm "
+        f"{_pm(*goal['cytoplasm'])}, nucleus {_pm(*goal['nucleus'])} over its "
+        f"{THESIS_TEST_IMAGES} test images), scored on a split that leaks: 24 of those 30 "
+        "images had a flipped twin in its training set."
+    )
+
+
+#: How a difference from the published row is computed and read, under every goal table.
+GOAL_METHOD = (
+    "Each difference is this run's mean minus the published one, with a Welch 95 % CI "
+    "from the two means' SEMs (ours over this run's test images, seed-averaged; the "
+    "thesis's over its 30): the two sets of images are different, so nothing is paired. "
+    '"Falls short" means the whole CI is below 0; "not told apart", that it contains '
+    "0."
+)
 
 
 def thesis_goal_section(
@@ -944,93 +1074,33 @@ def thesis_goal_section(
     24 of its 30 test images had a flipped twin in training. Reaching it without the leak is
     the goal of an honest reproduction; the difference says by how much a run does or not.
     """
-    if meta["dataset"].get("name") != "wbc1" or is_thesis_reference(meta) or not reference:
+    held = thesis_goal(meta, summary, reference)
+    if held is None:
         return []
-    classes = ("cytoplasm", "nucleus")
-    goal = {cls: _reference(reference, THESIS_GOAL_MODEL, "dice", "test", cls) for cls in classes}
-    if any(mean is None or sem is None for mean, sem in goal.values()):
-        return []
-    rows = [
-        r
-        for r in summary
-        if all(_num(r.get(f"{c}_dice_mean")) is not None for c in classes) and _num(r.get("images"))
-    ]
-    if not rows:
-        return []
-
-    def foreground(row: dict[str, Any]) -> float:
-        return float(np.mean([_num(row[f"{c}_dice_mean"]) for c in classes]))
-
-    rows.sort(key=lambda r: (-foreground(r), r["architecture"]))
+    goal, rows = held
     headers = ["Architecture"]
-    for cls in classes:
+    for cls in GOAL_CLASSES:
         headers += [f"Dice {cls}", f"− thesis {goal[cls][0]:.4f} (95 % CI)"]
     headers.append("Against the thesis")
-    table = Table(headers, [None] + ["max", None] * len(classes) + [None])
-    verdicts: dict[str, tuple[str, dict[str, tuple[float, float, float]]]] = {}
+    table = Table(headers, [None] + ["max", None] * len(GOAL_CLASSES) + [None])
     for row in rows:
-        cells: list[tuple[str, float | None]] = [(_label(row), None)]
-        differences = {}
-        for cls in classes:
-            mean, sem = _num(row[f"{cls}_dice_mean"]), _num(row.get(f"{cls}_dice_sem"))
-            cells.append((_pm(mean, sem), mean))
-            if sem is None:
-                cells.append(("—", None))
-                continue
-            goal_mean, goal_sem = goal[cls]
-            difference = stats.welch_difference(
-                mean, sem, int(_num(row["images"])), goal_mean, goal_sem, THESIS_TEST_IMAGES
-            )
-            differences[cls] = difference
-            change, low, high = difference
-            cells.append((f"{change:+.4f} [{low:+.4f}, {high:+.4f}]", None))
-        below = [c for c, (_, _, high) in differences.items() if high < 0]
-        above = [c for c, (_, low, _) in differences.items() if low > 0]
-        if len(differences) < len(classes):
-            verdict = "no CI (one image or one value)"
-        elif below:
-            verdict = f"falls short on {_join(below)}"
-        elif len(above) == len(classes):
-            verdict = "beats it on both classes"
-        else:
-            also = f", above on {_join(above)}" if above else ""
-            verdict = f"reaches it (not told apart{also})"
-        verdicts[row["architecture"]] = (verdict, differences)
-        cells.append((verdict, None))
+        cells: list[tuple[str, float | None]] = [(row.label, None)]
+        for cls in GOAL_CLASSES:
+            cells.append((row.dice_text(cls), row.means[cls][0]))
+            cells.append((goal_difference_text(row.differences.get(cls)), None))
+        cells.append((row.verdict, None))
         table.add(cells)
-    unflagged = [r for r in rows if not (r.get("flags") or r.get("flagged"))]
-    if unflagged:
-        best = unflagged[0]
-        verdict, differences = verdicts[best["architecture"]]
-        parts = [
-            f"{cls} {d[0]:+.4f} (95 % CI [{d[1]:+.4f}, {d[2]:+.4f}])"
-            for cls, d in differences.items()
-        ]
-        images = plural(int(_num(best["images"]) or 0), "test image")
-        headline = (
-            f"The best unflagged architecture here, `{best['architecture']}` (mean Dice of the "
-            f"two classes {foreground(best):.4f} over {images}), {verdict}: {', '.join(parts)}."
-        )
-    else:
-        headline = "Every architecture here is flagged, so none is held against the goal."
     return [
         "## Against the thesis's published numbers",
         "",
-        f"The thesis's best row is its {THESIS_GOAL_MODEL} (Dice cytoplasm "
-        f"{_pm(*goal['cytoplasm'])}, nucleus {_pm(*goal['nucleus'])} over its "
-        f"{THESIS_TEST_IMAGES} test images), scored on a split that leaks: 24 of those 30 "
-        "images had a flipped twin in its training set. The goal of a run on the same data "
-        f"under protocol `{meta['protocol']['name']}`, which does not leak, is to reach those "
-        "numbers without the leak. " + headline,
+        goal_introduction(goal) + " The goal of a run on the same data under protocol "
+        f"`{meta['protocol']['name']}`, which does not leak, is to reach those numbers "
+        "without the leak. " + goal_headline(rows),
         "",
         table.render(),
         "",
-        "Each difference is this run's mean minus the published one, with a Welch 95 % CI "
-        "from the two means' SEMs (ours over this run's test images, seed-averaged; the "
-        "thesis's over its 30): the two sets of images are different, so nothing is paired. "
-        '"Falls short" means the whole CI is below 0; "not told apart", that it contains '
-        "0. The published model was the full-width Keras U-Net trained on the leaky split; "
-        "this run's settings are in Methods.",
+        GOAL_METHOD + " The published model was the full-width Keras U-Net trained on the "
+        "leaky split; this run's settings are in Methods.",
         "",
     ]
 

@@ -208,3 +208,76 @@ def test_times_from_different_machines_are_said_to_differ():
     assert "2.00×" in same
     mixed = "\n".join(cost_section(rows, meta("CPU: X"), meta("CPU: X", ["CPU: Y"])))
     assert "the second on CPU: X; CPU: Y" in mixed and "only the epochs compare" in mixed
+
+
+def wbc1_meta(protocol: str, recipe: str) -> dict:
+    thesis = protocol in ("thesis", "thesis-noleak")
+    return {
+        "config": {"recipe": recipe, "epochs": 30},
+        "dataset": {
+            "name": "wbc1",
+            "class_names": ["background", "cytoplasm", "nucleus"],
+            "metric_classes": ["background", "cytoplasm", "nucleus"],
+        },
+        "protocol": {"name": protocol, "thesis_reference": thesis},
+    }
+
+
+def wbc1_tables(values: dict[str, list[tuple[float, float]]]) -> RunTables:
+    """One cell per architecture (seed 0, fold 0); ``values`` gives each test image's
+    (cytoplasm, nucleus) Dice."""
+    cells, per_image = [], []
+    for name, images in values.items():
+        cells.append(cell(name, 0, 0, 10.0))
+        for i, (cytoplasm, nucleus) in enumerate(images):
+            for cls, dice in (("background", 0.99), ("cytoplasm", cytoplasm), ("nucleus", nucleus)):
+                per_image.append(
+                    {
+                        "architecture": name,
+                        "seed": 0,
+                        "fold": 0,
+                        "image_id": str(i),
+                        "class": cls,
+                        "dice": dice,
+                        "jaccard": dice / (2 - dice),
+                        "jaccard_legacy": dice,
+                    }
+                )
+    return RunTables(cells, [], per_image)
+
+
+def test_a_recipe_comparison_on_wbc1_holds_both_runs_against_the_thesis():
+    from bench import report, stats
+    from bench.compare import run_labels, thesis_goal_section
+
+    first_meta, second_meta = wbc1_meta("clean", "thesis"), wbc1_meta("clean", "modern")
+    first = wbc1_tables({"a": [(0.90, 0.93), (0.92, 0.95), (0.91, 0.94)]})
+    second = wbc1_tables({"a": [(0.97, 0.985), (0.975, 0.99), (0.965, 0.99)]})
+    labels = run_labels(first_meta, second_meta)
+    # Two clean runs are told apart by their recipe; the leak comparison keeps its names.
+    assert labels == ("`clean`, recipe `thesis`", "`clean`, recipe `modern`")
+    leak = run_labels(wbc1_meta("thesis", "thesis"), wbc1_meta("thesis-noleak", "thesis"))
+    assert leak == ("`thesis`", "`thesis-noleak`")
+    reference = report.load_thesis_reference()
+    runs = ((labels[0], first_meta, first), (labels[1], second_meta, second))
+    text = "\n".join(thesis_goal_section(runs, ["a"], reference))
+    table = [line for line in text.splitlines() if line.startswith("| a |")]
+    assert len(table) == 2 and labels[0] in table[0] and labels[1] in table[1]
+    # First run, cytoplasm: mean ± SEM over its three images, minus the published 0.970
+    # with the Welch CI, recomputed here.
+    cytoplasm = [0.90, 0.92, 0.91]
+    sem = np.std(cytoplasm, ddof=1) / np.sqrt(3)
+    change, low, high = stats.welch_difference(np.mean(cytoplasm), sem, 3, 0.970, 0.0030, 30)
+    assert (
+        f"{np.mean(cytoplasm):.4f} ± {sem:.4f} | {change:+.4f} [{low:+.4f}, {high:+.4f}]"
+        in (table[0])
+    )
+    assert table[0].endswith("| falls short on cytoplasm and nucleus |")
+    assert table[1].endswith("| reaches it (not told apart) |")
+    assert f"- {labels[0]}: The best unflagged architecture in this run, `a`" in text
+    # Not for a thesis protocol (its own tables carry the published rows), nor other data.
+    thesis = (labels[0], wbc1_meta("thesis", "thesis"), first)
+    assert thesis_goal_section((thesis, runs[1]), ["a"], reference) == []
+    other = wbc1_meta("clean", "modern")
+    other["dataset"]["name"] = "synthetic"
+    assert thesis_goal_section((runs[0], (labels[1], other, second)), ["a"], reference) == []
