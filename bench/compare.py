@@ -10,7 +10,11 @@ the second:
   Dice over the test images; the mean of the per-seed differences with a 95 % t confidence
   interval (n = seeds; none with a single seed);
 - over images: each image's seed-averaged score, paired by image; the median difference
-  with a seeded bootstrap 95 % CI and a Wilcoxon signed-rank p-value.
+  with a seeded bootstrap 95 % CI and a Wilcoxon signed-rank p-value;
+- over training runs, for runs over several folds: each (seed, fold) cell's mean over its
+  test images, paired by cell; the mean difference with a 95 % t CI (n = seeds × folds).
+  Each cell is a training run of its own, so with 2 seeds and 5 folds this CI has 9
+  degrees of freedom where the one over seeds has 1.
 
 It works for any two runs that share test images and architectures (another protocol, a
 recipe, a speed option) and lists the configuration keys in which the runs differ, so a
@@ -50,6 +54,10 @@ COMPARISON_COLUMNS = (
     "image_ci_low",
     "image_ci_high",
     "image_p_value",
+    "cells",
+    "cell_mean_difference",
+    "cell_ci_low",
+    "cell_ci_high",
 )
 
 COST_COLUMNS = (
@@ -85,6 +93,28 @@ def seed_means(
     }
 
 
+def cell_means(
+    per_image: Sequence[Mapping[str, Any]], classes: Sequence[str], images: set[tuple[str, str]]
+) -> dict[str, dict[tuple[int, str], float]]:
+    """``{architecture: {(seed, fold): mean foreground Dice of that cell over ``images``}}``:
+    one value per training run."""
+    values: dict[str, dict[tuple[int, str], dict[str, list[float]]]] = {}
+    for row in per_image:
+        key = (str(row["fold"]), str(row["image_id"]))
+        if row["class"] not in classes or key not in images:
+            continue
+        cell = (int(row["seed"]), str(row["fold"]))
+        by_image = values.setdefault(row["architecture"], {}).setdefault(cell, {})
+        by_image.setdefault(key[1], []).append(float(row["dice"]))
+    return {
+        name: {
+            cell: float(np.mean([np.mean(v) for v in by_image.values()]))
+            for cell, by_image in cells.items()
+        }
+        for name, cells in values.items()
+    }
+
+
 def t_interval(differences: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
     """The t confidence interval of the mean of ``differences``; None for fewer than two."""
     n = len(differences)
@@ -117,6 +147,12 @@ def compare_tables(
         seeds = sorted(set(first_seeds) & set(second_seeds))
         by_seed = [second_seeds[s] - first_seeds[s] for s in seeds]
         interval = t_interval(by_seed)
+        # With folds, each (seed, fold) pair is a training run of its own: n = seeds × folds
+        first_cells = cell_means(first.per_image, classes, images).get(name, {})
+        second_cells = cell_means(second.per_image, classes, images).get(name, {})
+        cells = sorted(set(first_cells) & set(second_cells))
+        by_cell = [second_cells[c] - first_cells[c] for c in cells]
+        cell_interval = t_interval(by_cell)
         keys = sorted(images)
         by_image = np.array([second_scores[name][k] - first_scores[name][k] for k in keys])
         low, high = stats.bootstrap_median_ci(by_image)
@@ -134,6 +170,10 @@ def compare_tables(
                 "image_ci_low": low,
                 "image_ci_high": high,
                 "image_p_value": stats.wilcoxon_p(by_image),
+                "cells": len(cells),
+                "cell_mean_difference": float(np.mean(by_cell)) if by_cell else None,
+                "cell_ci_low": cell_interval[0] if cell_interval else None,
+                "cell_ci_high": cell_interval[1] if cell_interval else None,
             }
         )
     return rows
@@ -398,7 +438,15 @@ def compare_runs(
         "differences with a 95 % t confidence interval (n = seeds). Over images: each "
         "image's seed-averaged score, paired by image; median difference, percentile "
         f"bootstrap 95 % CI ({stats.BOOTSTRAP_RESAMPLES:,} resamples, seed "
-        f"{stats.BOOTSTRAP_SEED}) and Wilcoxon signed-rank p (two-sided).",
+        f"{stats.BOOTSTRAP_SEED}) and Wilcoxon signed-rank p (two-sided)."
+        + (
+            " Runs over several folds are also compared per training run: for each (seed, "
+            "fold) cell both runs trained, the difference of the cell's mean endpoint over "
+            "its test images, then their mean with a 95 % t CI (n = cells; in the lines "
+            "under the table)."
+            if any(row["cells"] > row["seeds"] for row in rows)
+            else ""
+        ),
         "",
         "| Architecture | Seeds | Images | First | Second | Δ over seeds [95 % CI] "
         "| Median Δ over images [95 % CI] | p (Wilcoxon) |",
@@ -427,6 +475,16 @@ def compare_runs(
             verdict = f"the endpoint {direction}: the 95 % CI over seeds excludes zero"
         else:
             verdict = "no change beyond seed noise: the 95 % CI over seeds includes zero"
+        if row["cells"] > row["seeds"] and row["cell_ci_low"] is not None:
+            # several folds: the training runs (seed × fold) are the finer unit of noise
+            c_low, c_high = row["cell_ci_low"], row["cell_ci_high"]
+            outside = c_low > 0 or c_high < 0
+            verdict += (
+                f"; over its {row['cells']} training runs (seed × fold, paired), "
+                f"{_fmt(row['cell_mean_difference'], True)} [{_fmt(c_low, True)}, "
+                f"{_fmt(c_high, True)}], whose 95 % CI "
+                + ("excludes zero" if outside else "includes zero")
+            )
         out.append(
             f"- `{row['architecture']}`: {_fmt(row['first_mean'])} → "
             f"{_fmt(row['second_mean'])} ({_fmt(row['seed_mean_difference'], True)}); {verdict}."

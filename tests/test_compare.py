@@ -281,3 +281,41 @@ def test_a_recipe_comparison_on_wbc1_holds_both_runs_against_the_thesis():
     other = wbc1_meta("clean", "modern")
     other["dataset"]["name"] = "synthetic"
     assert thesis_goal_section((runs[0], (labels[1], other, second)), ["a"], reference) == []
+
+
+def test_runs_over_folds_are_also_compared_per_training_run():
+    def fold_rows(seed, fold, values):
+        return [dict(r, fold=fold) for r in rows("a", seed, values)]
+
+    first = RunTables(
+        [],
+        [],
+        fold_rows(0, 0, [0.5, 0.7])
+        + fold_rows(0, 1, [0.4, 0.6])
+        + fold_rows(1, 0, [0.6, 0.8])
+        + fold_rows(1, 1, [0.5, 0.5]),
+    )
+    second = RunTables(
+        [],
+        [],
+        fold_rows(0, 0, [0.6, 0.8])
+        + fold_rows(0, 1, [0.6, 0.6])
+        + fold_rows(1, 0, [0.8, 0.8])
+        + fold_rows(1, 1, [0.6, 0.7]),
+    )
+    (row,) = compare_tables(first, second, ("cytoplasm", "nucleus"))
+    # per (seed, fold) cell: the difference of its mean over its two images
+    by_cell = [0.7 - 0.6, 0.6 - 0.5, 0.8 - 0.7, 0.65 - 0.5]
+    assert row["seeds"] == 2 and row["cells"] == 4 and row["images"] == 4
+    assert row["cell_mean_difference"] == pytest.approx(np.mean(by_cell))
+    half = scipy_stats.t.ppf(0.975, 3) * np.std(by_cell, ddof=1) / np.sqrt(4)
+    assert row["cell_ci_low"] == pytest.approx(np.mean(by_cell) - half)
+    assert row["cell_ci_high"] == pytest.approx(np.mean(by_cell) + half)
+    # a single fold (the thesis protocols): the cells are the seeds
+    (single,) = compare_tables(
+        RunTables([], [], rows("a", 0, [0.5, 0.7]) + rows("a", 1, [0.6, 0.8])),
+        RunTables([], [], rows("a", 0, [0.6, 0.8]) + rows("a", 1, [0.8, 0.9])),
+        ("cytoplasm", "nucleus"),
+    )
+    assert single["cells"] == single["seeds"] == 2
+    assert single["cell_ci_low"] == pytest.approx(single["seed_ci_low"])
