@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,46 +73,37 @@ COST_COLUMNS = (
 )
 
 
-def seed_means(
-    per_image: Sequence[Mapping[str, Any]], classes: Sequence[str], images: set[tuple[str, str]]
-) -> dict[str, dict[int, float]]:
-    """``{architecture: {seed: mean foreground Dice over ``images``}}``."""
-    values: dict[str, dict[int, dict[tuple[str, str], list[float]]]] = {}
+def run_means(
+    per_image: Sequence[Mapping[str, Any]],
+    classes: Sequence[str],
+    images: set[tuple[str, str]],
+    unit: Callable[[Mapping[str, Any]], Hashable],
+) -> dict[str, dict[Any, float]]:
+    """``{architecture: {unit: mean foreground Dice over ``images``}}``, where ``unit(row)``
+    names what a row's run is counted by (its seed, or its (seed, fold) cell)."""
+    values: dict[str, dict[Any, dict[tuple[str, str], list[float]]]] = {}
     for row in per_image:
         key = (str(row["fold"]), str(row["image_id"]))
         if row["class"] not in classes or key not in images:
             continue
-        by_image = values.setdefault(row["architecture"], {}).setdefault(int(row["seed"]), {})
+        by_image = values.setdefault(row["architecture"], {}).setdefault(unit(row), {})
         by_image.setdefault(key, []).append(float(row["dice"]))
     return {
         name: {
-            seed: float(np.mean([np.mean(v) for v in by_image.values()]))
-            for seed, by_image in seeds.items()
+            group: float(np.mean([np.mean(v) for v in by_image.values()]))
+            for group, by_image in groups.items()
         }
-        for name, seeds in values.items()
+        for name, groups in values.items()
     }
 
 
-def cell_means(
-    per_image: Sequence[Mapping[str, Any]], classes: Sequence[str], images: set[tuple[str, str]]
-) -> dict[str, dict[tuple[int, str], float]]:
-    """``{architecture: {(seed, fold): mean foreground Dice of that cell over ``images``}}``:
-    one value per training run."""
-    values: dict[str, dict[tuple[int, str], dict[str, list[float]]]] = {}
-    for row in per_image:
-        key = (str(row["fold"]), str(row["image_id"]))
-        if row["class"] not in classes or key not in images:
-            continue
-        cell = (int(row["seed"]), str(row["fold"]))
-        by_image = values.setdefault(row["architecture"], {}).setdefault(cell, {})
-        by_image.setdefault(key[1], []).append(float(row["dice"]))
-    return {
-        name: {
-            cell: float(np.mean([np.mean(v) for v in by_image.values()]))
-            for cell, by_image in cells.items()
-        }
-        for name, cells in values.items()
-    }
+def seed_of(row: Mapping[str, Any]) -> int:
+    return int(row["seed"])
+
+
+def cell_of(row: Mapping[str, Any]) -> tuple[int, str]:
+    """One training run: its seed and fold."""
+    return int(row["seed"]), str(row["fold"])
 
 
 def t_interval(differences: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
@@ -142,14 +133,14 @@ def compare_tables(
         images = set(first_scores[name]) & set(second_scores[name])
         if not images:
             continue
-        first_seeds = seed_means(first.per_image, classes, images).get(name, {})
-        second_seeds = seed_means(second.per_image, classes, images).get(name, {})
+        first_seeds = run_means(first.per_image, classes, images, seed_of).get(name, {})
+        second_seeds = run_means(second.per_image, classes, images, seed_of).get(name, {})
         seeds = sorted(set(first_seeds) & set(second_seeds))
         by_seed = [second_seeds[s] - first_seeds[s] for s in seeds]
         interval = t_interval(by_seed)
         # With folds, each (seed, fold) pair is a training run of its own: n = seeds × folds
-        first_cells = cell_means(first.per_image, classes, images).get(name, {})
-        second_cells = cell_means(second.per_image, classes, images).get(name, {})
+        first_cells = run_means(first.per_image, classes, images, cell_of).get(name, {})
+        second_cells = run_means(second.per_image, classes, images, cell_of).get(name, {})
         cells = sorted(set(first_cells) & set(second_cells))
         by_cell = [second_cells[c] - first_cells[c] for c in cells]
         cell_interval = t_interval(by_cell)
