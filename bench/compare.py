@@ -359,6 +359,40 @@ def setting_differences(
     return changes
 
 
+def change_verdict(row: Mapping[str, Any]) -> str:
+    """What a comparison row says about the change: over training runs (seed × fold) where
+    the runs span several folds, else over seeds."""
+    low, high = row["seed_ci_low"], row["seed_ci_high"]
+    if row["cells"] > row["seeds"] and row["cell_ci_low"] is not None:
+        # several folds: each (seed, fold) cell is a training run, the finer unit of noise
+        c_low, c_high = row["cell_ci_low"], row["cell_ci_high"]
+        runs = (
+            f"the 95 % CI over its {row['cells']} training runs (seed × fold, paired), "
+            f"[{_fmt(c_low, True)}, {_fmt(c_high, True)}]"
+        )
+        if low is None:
+            seeds = "with one seed there is no CI over seeds"
+        else:
+            inside = "it does too" if low > 0 or high < 0 else "it does not"
+            seeds = (
+                f"over its {row['seeds']} seeds alone ([{_fmt(low, True)}, "
+                f"{_fmt(high, True)}]) {inside}"
+            )
+        if c_low > 0 or c_high < 0:
+            direction = "rose" if c_low > 0 else "fell"
+            verdict = f"the endpoint {direction}: {runs}, excludes zero; {seeds}"
+        else:
+            verdict = f"no change beyond the noise of training runs: {runs}, includes zero"
+    elif low is None:
+        verdict = "one seed: the change cannot be told from seed noise"
+    elif low > 0 or high < 0:
+        direction = "rose" if low > 0 else "fell"
+        verdict = f"the endpoint {direction}: the 95 % CI over seeds excludes zero"
+    else:
+        verdict = "no change beyond seed noise: the 95 % CI over seeds includes zero"
+    return verdict
+
+
 def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
@@ -458,24 +492,7 @@ def compare_runs(
         )
     out.append("")
     for row in rows:
-        low, high = row["seed_ci_low"], row["seed_ci_high"]
-        if low is None:
-            verdict = "one seed: the change cannot be told from seed noise"
-        elif low > 0 or high < 0:
-            direction = "rose" if low > 0 else "fell"
-            verdict = f"the endpoint {direction}: the 95 % CI over seeds excludes zero"
-        else:
-            verdict = "no change beyond seed noise: the 95 % CI over seeds includes zero"
-        if row["cells"] > row["seeds"] and row["cell_ci_low"] is not None:
-            # several folds: the training runs (seed × fold) are the finer unit of noise
-            c_low, c_high = row["cell_ci_low"], row["cell_ci_high"]
-            outside = c_low > 0 or c_high < 0
-            verdict += (
-                f"; over its {row['cells']} training runs (seed × fold, paired), "
-                f"{_fmt(row['cell_mean_difference'], True)} [{_fmt(c_low, True)}, "
-                f"{_fmt(c_high, True)}], whose 95 % CI "
-                + ("excludes zero" if outside else "includes zero")
-            )
+        verdict = change_verdict(row)
         out.append(
             f"- `{row['architecture']}`: {_fmt(row['first_mean'])} → "
             f"{_fmt(row['second_mean'])} ({_fmt(row['seed_mean_difference'], True)}); {verdict}."

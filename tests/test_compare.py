@@ -319,3 +319,28 @@ def test_runs_over_folds_are_also_compared_per_training_run():
     )
     assert single["cells"] == single["seeds"] == 2
     assert single["cell_ci_low"] == pytest.approx(single["seed_ci_low"])
+
+
+def test_the_verdict_counts_training_runs_where_the_runs_span_folds():
+    from bench.compare import change_verdict
+
+    row = {
+        "seeds": 2,
+        "seed_ci_low": -0.02,
+        "seed_ci_high": 0.15,
+        "cells": 10,
+        "cell_ci_low": 0.05,
+        "cell_ci_high": 0.08,
+    }
+    text = change_verdict(row)
+    assert text.startswith("the endpoint rose: the 95 % CI over its 10 training runs")
+    assert text.endswith("over its 2 seeds alone ([-0.0200, +0.1500]) it does not")
+    assert "it does too" in change_verdict({**row, "seed_ci_low": 0.01})
+    assert change_verdict({**row, "cell_ci_low": -0.01}).startswith("no change beyond the noise")
+    assert change_verdict({**row, "seeds": 1, "seed_ci_low": None, "seed_ci_high": None}).endswith(
+        "with one seed there is no CI over seeds"
+    )
+    # one fold: the cells are the seeds, and the verdict is the one over seeds
+    single = {**row, "cells": 2, "cell_ci_low": -0.02, "cell_ci_high": 0.15}
+    assert change_verdict(single).startswith("no change beyond seed noise")
+    assert change_verdict({**single, "seed_ci_low": 0.01}).startswith("the endpoint rose")
