@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from bench.flags import architecture_flags
 from bench.metrics import mean_sem
-from bench.run_dir import RUN_MEASURES, summary_columns
+from bench.run_dir import RUN_MEASURES, RunTables, metric_classes_of, summary_columns
+from bench.stats import primary_classes
 
 
 def _float(value: Any) -> float:
@@ -91,3 +93,19 @@ def summarize(
             row[f"{class_name}_jaccard_legacy_mean"] = legacy
         rows.append({column: row.get(column) for column in columns})
     return rows
+
+
+def flagged_summary(
+    meta: Mapping[str, Any], tables: RunTables
+) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """A run's summary (:func:`summarize` over its metric classes) with each row's ``flags``
+    filled in, and those flags by architecture (:func:`bench.flags.architecture_flags`,
+    judged on the primary classes against the run's epoch budget)."""
+    primary = primary_classes(meta["dataset"]["class_names"])
+    flagged = architecture_flags(
+        tables.cells, tables.history, tables.per_image, primary, meta["config"].get("epochs")
+    )
+    summary = summarize(tables.cells, tables.per_image, metric_classes_of(meta))
+    for row in summary:
+        row["flags"] = "; ".join(flagged.get(row["architecture"], []))
+    return summary, flagged

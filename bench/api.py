@@ -98,28 +98,19 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     :class:`~bench.errors.ConfigError` naming the file (as for ``bench report``). Nothing is
     written: unlike ``bench report`` this never rewrites the CSVs.
     """
-    from bench.aggregate import summarize
-    from bench.flags import architecture_flags
-    from bench.stats import primary_classes
+    from bench.aggregate import flagged_summary
 
     run_dir = RunDir(path)
     meta = run_dir.read_meta()
     tables = run_dir.tables(meta)
-    classes = metric_classes_of(meta)
-    summary = summarize(tables.cells, tables.per_image, classes)
-    primary = primary_classes(meta["dataset"]["class_names"])  # what the flags judge
-    flagged = architecture_flags(
-        tables.cells, tables.history, tables.per_image, primary, meta["config"].get("epochs")
-    )
-    for row in summary:
-        row["flags"] = "; ".join(flagged.get(row["architecture"], []))
+    summary, _ = flagged_summary(meta, tables)
     return Run(
         path=run_dir.path,
         config=meta,
         cells=_frame(tables.cells, CELL_COLUMNS),
         history=_frame(tables.history, HISTORY_COLUMNS),
         per_image=_frame(tables.per_image, PER_IMAGE_COLUMNS),
-        summary=_frame(summary, summary_columns(classes)),
+        summary=_frame(summary, summary_columns(metric_classes_of(meta))),
         run_dir=run_dir,
     )
 

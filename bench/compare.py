@@ -33,13 +33,12 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from bench import report, stats
-from bench.aggregate import summarize
+from bench.aggregate import flagged_summary
 from bench.atomic import atomic_write_text
 from bench.config import PLACEMENT_KEYS
 from bench.errors import ConfigError
-from bench.flags import architecture_flags
 from bench.report import device_name, invocation_environments
-from bench.run_dir import RunDir, RunTables, metric_classes_of, write_csv
+from bench.run_dir import RunDir, RunTables, write_csv
 
 COMPARISON_COLUMNS = (
     "architecture",
@@ -265,23 +264,17 @@ def cost_section(
 
 
 def thesis_goal_section(
-    runs: Sequence[tuple[str, Mapping[str, Any], RunTables]],
+    runs: Sequence[tuple[str, Mapping[str, Any], list[dict[str, Any]]]],
     architectures: Sequence[str],
     reference: list[dict[str, str]],
 ) -> list[str]:
     """On the thesis's data under protocols that do not leak: each architecture's Dice per
     class in each run, held against the thesis's best published row (as each run's own
-    report does), side by side. ``runs`` is ``(label, meta, tables)`` per run; empty where
-    either run has no goal (other data, a thesis protocol)."""
+    report does), side by side. ``runs`` is ``(label, meta, summary)`` per run, the summary
+    with its flags (:func:`bench.aggregate.flagged_summary`); empty where either run has no
+    goal (other data, a thesis protocol)."""
     held = []
-    for label, meta, tables in runs:
-        primary = stats.primary_classes(meta["dataset"]["class_names"])
-        flagged = architecture_flags(
-            tables.cells, tables.history, tables.per_image, primary, meta["config"].get("epochs")
-        )
-        summary = summarize(tables.cells, tables.per_image, metric_classes_of(meta))
-        for row in summary:
-            row["flags"] = "; ".join(flagged.get(row["architecture"], []))
+    for label, meta, summary in runs:
         goal = report.thesis_goal(dict(meta), summary, reference)
         if goal is None:
             return []
@@ -497,15 +490,13 @@ def compare_runs(
             f"- `{row['architecture']}`: {_fmt(row['first_mean'])} → "
             f"{_fmt(row['second_mean'])} ({_fmt(row['seed_mean_difference'], True)}); {verdict}."
         )
-    flag_lines = []
-    for label, meta, tables in (
-        (first_label, first_meta, first_tables),
-        (second_label, second_meta, second_tables),
-    ):
-        for name, reasons in architecture_flags(
-            tables.cells, tables.history, tables.per_image, classes, meta["config"].get("epochs")
-        ).items():
-            flag_lines.append(f"- ⚠ `{name}` in {label}: {'; '.join(reasons)}.")
+    first_summary, first_flags = flagged_summary(first_meta, first_tables)
+    second_summary, second_flags = flagged_summary(second_meta, second_tables)
+    flag_lines = [
+        f"- ⚠ `{name}` in {label}: {'; '.join(reasons)}."
+        for label, flagged in ((first_label, first_flags), (second_label, second_flags))
+        for name, reasons in flagged.items()
+    ]
     if flag_lines:
         out += [
             "",
@@ -517,7 +508,7 @@ def compare_runs(
     # runs of the same protocol and recipe (a speed option, say) are told apart by order
     goal_names = (first_name, second_name) if first_name != second_name else ("first", "second")
     out += thesis_goal_section(
-        ((goal_names[0], first_meta, first_tables), (goal_names[1], second_meta, second_tables)),
+        ((goal_names[0], first_meta, first_summary), (goal_names[1], second_meta, second_summary)),
         [row["architecture"] for row in rows],
         report.load_thesis_reference(),
     )

@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 
 from bench import stats
-from bench.aggregate import summarize
+from bench.aggregate import flagged_summary
 from bench.atomic import atomic_write_bytes
-from bench.flags import architecture_flags
 from bench.recipes import Recipe
 from bench.run_dir import RunDir, RunTables, metric_classes_of, summary_columns, write_csv
 
@@ -2242,16 +2241,10 @@ def render_locked(run: RunDir, meta: dict[str, Any] | None = None) -> Path:
         records = list(run.ordered_records(meta).values())
         run.write_tables(records)
         tables = RunTables.of(records)
-    classes = metric_classes_of(meta)
-    primary = stats.primary_classes(meta["dataset"]["class_names"])
-    flagged = architecture_flags(
-        tables.cells, tables.history, tables.per_image, primary, meta["config"].get("epochs")
-    )
-    summary = summarize(tables.cells, tables.per_image, classes)
-    for row in summary:
-        row["flags"] = "; ".join(flagged.get(row["architecture"], []))
-    write_csv(run.table_path("summary"), summary_columns(classes), summary)
+    summary, flagged = flagged_summary(meta, tables)
+    write_csv(run.table_path("summary"), summary_columns(metric_classes_of(meta)), summary)
     # the costly bootstrap: once
+    primary = stats.primary_classes(meta["dataset"]["class_names"])
     statistics = stats.statistics_rows(tables.per_image, primary, flagged)
     write_csv(run.table_path("statistics"), stats.STATISTICS_COLUMNS, statistics)
     text = render_markdown(meta, tables, summary, statistics, run.path)

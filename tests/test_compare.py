@@ -248,11 +248,16 @@ def wbc1_tables(values: dict[str, list[tuple[float, float]]]) -> RunTables:
 
 def test_a_recipe_comparison_on_wbc1_holds_both_runs_against_the_thesis():
     from bench import report, stats
+    from bench.aggregate import flagged_summary
     from bench.compare import run_labels, thesis_goal_section
 
     first_meta, second_meta = wbc1_meta("clean", "thesis"), wbc1_meta("clean", "modern")
-    first = wbc1_tables({"a": [(0.90, 0.93), (0.92, 0.95), (0.91, 0.94)]})
-    second = wbc1_tables({"a": [(0.97, 0.985), (0.975, 0.99), (0.965, 0.99)]})
+    first, _ = flagged_summary(
+        first_meta, wbc1_tables({"a": [(0.90, 0.93), (0.92, 0.95), (0.91, 0.94)]})
+    )
+    second, _ = flagged_summary(
+        second_meta, wbc1_tables({"a": [(0.97, 0.985), (0.975, 0.99), (0.965, 0.99)]})
+    )
     labels = run_labels(first_meta, second_meta)
     # Two clean runs are told apart by their recipe; the leak comparison keeps its names.
     assert labels == ("`clean`, recipe `thesis`", "`clean`, recipe `modern`")
